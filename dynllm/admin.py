@@ -1,0 +1,49 @@
+"""Operator endpoints under ``/admin``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from .errors import InvalidRequest
+from .services import services
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def _model_from_body() -> str:
+    raw = request.get_data(cache=False)
+    try:
+        doc: Any = json.loads(raw) if raw else None
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("model"), str) or not doc["model"]:
+        raise InvalidRequest(
+            'expected a JSON object like {"model": "<name>"}', param="model", code="missing_model"
+        )
+    return doc["model"]
+
+
+@bp.get("/models")
+def models() -> Response:
+    return jsonify(services().registry.snapshot())
+
+
+@bp.post("/models/unload")
+def unload() -> Response:
+    """Stop a model now.  A busy (serving or loading) model is refused with 409."""
+    name = _model_from_body()
+    registry = services().registry
+    before = registry.unload(name, reason="admin unload")
+    return jsonify({"model": name, "previous_state": before, "state": registry.state_of(name).value})
+
+
+@bp.post("/models/load")
+def load() -> Response:
+    """Load a model now (waiting until it is ready) without sending it a request."""
+    name = _model_from_body()
+    registry = services().registry
+    registry.load(name)
+    return jsonify({"model": name, "state": registry.state_of(name).value})

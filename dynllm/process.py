@@ -1,0 +1,261 @@
+"""One backend subprocess: spawn, log, wait for readiness, stop, and find leftovers.
+
+Backends are started from an argument list (never a shell) in a session of
+their own, so stopping one signals its whole process group.  Their stdout and
+stderr go straight to a per-model log file by file descriptor: nothing is
+buffered in DynLLM and nothing is lost if DynLLM dies.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .backends import Probe
+
+log = logging.getLogger(__name__)
+
+#: Marks the start of each run in a model's log file; the tail shown to
+#: clients starts after the last one, so it never mixes in an older run.
+RUN_MARK = "=== dynllm: "
+#: A log file larger than this is rotated to ``.1`` when the backend starts again.
+ROTATE_BYTES = 20 * 1024 * 1024
+
+
+class ProcessExited(Exception):
+    """The backend exited while DynLLM waited for it to become ready."""
+
+    def __init__(self, returncode: int) -> None:
+        super().__init__(f"backend exited with code {describe_returncode(returncode)}")
+        self.returncode = returncode
+
+
+class ReadyTimeout(Exception):
+    """The backend did not become ready within its load timeout."""
+
+
+class Cancelled(Exception):
+    """DynLLM is shutting down; the wait was abandoned."""
+
+
+def describe_returncode(code: int | None) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return str(code)
+    return str(code)
+
+
+def log_tail(path: str | os.PathLike[str], lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of the latest run recorded in a backend log."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    mark = text.rfind(RUN_MARK)
+    if mark >= 0:
+        text = text[text.find("\n", mark) + 1 :]
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class BackendProcess:
+    """A started backend process and the file its output goes to."""
+
+    def __init__(
+        self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self._env = env
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._popen is not None
+        return self._popen.pid
+
+    def start(self) -> None:
+        """Spawn the process; raises ``OSError`` if the binary cannot be run."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.log_path.stat().st_size > ROTATE_BYTES:
+                os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        except FileNotFoundError:
+            pass
+        env = None
+        if self._env:
+            env = {**os.environ, **self._env}
+        with open(self.log_path, "ab", buffering=0) as logf:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            logf.write(f"{RUN_MARK}{stamp} starting: {subprocess.list2cmdline(self.argv)}\n".encode())
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=env,
+            )
+
+    def poll(self) -> int | None:
+        assert self._popen is not None
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self._popen is not None
+        return self._popen.wait(timeout)
+
+    def watch(self, on_exit: Callable[[BackendProcess, int], None]) -> threading.Thread:
+        """Call ``on_exit(self, returncode)`` from a daemon thread when the process ends."""
+
+        def run() -> None:
+            code = self.wait()
+            try:
+                on_exit(self, code)
+            except Exception:  # a watcher must never die silently
+                log.exception("exit handler for pid %s failed", self.pid)
+
+        t = threading.Thread(target=run, name=f"watch-{self.pid}", daemon=True)
+        t.start()
+        return t
+
+    def wait_ready(
+        self,
+        port: int,
+        probe: Probe,
+        timeout: float,
+        interval: float = 0.03,
+        cancel: threading.Event | None = None,
+    ) -> float:
+        """Poll ``probe`` on ``127.0.0.1:port`` until it answers OK.
+
+        :returns: seconds it took.
+        :raises ProcessExited: at once if the process exits meanwhile.
+        :raises ReadyTimeout: after ``timeout`` seconds.
+        :raises Cancelled: when ``cancel`` is set.
+        """
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            code = self.poll()
+            if code is not None:
+                raise ProcessExited(code)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReadyTimeout(f"backend not ready after {timeout:g}s")
+            if probe_once(port, probe, min(2.0, max(0.05, remaining))):
+                # It might have answered just before dying of a late error.
+                code = self.poll()
+                if code is not None:
+                    raise ProcessExited(code)
+                return time.monotonic() - start
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    def stop(self, grace: float) -> int:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; return the exit code."""
+        assert self._popen is not None
+        code = self._popen.poll()
+        if code is None:
+            _signal_group(self._popen.pid, signal.SIGTERM)
+            try:
+                code = self._popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "pid %s ignored SIGTERM for %.1fs; sending SIGKILL", self._popen.pid, grace
+                )
+                _signal_group(self._popen.pid, signal.SIGKILL)
+                code = self._popen.wait()
+        # Children the backend left in its group go too.
+        _signal_group(self._popen.pid, signal.SIGKILL)
+        return code
+
+
+def probe_once(port: int, probe: Probe, timeout: float) -> bool:
+    """One readiness request; any connection problem simply means *not yet*."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(probe.method, probe.path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status in probe.ok
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def process_cmdline(pid: int) -> list[str] | None:
+    """A live process's argv from ``/proc`` (``None`` if gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    if not raw:
+        return None  # a zombie or a kernel thread
+    return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
+
+
+def find_processes(argv: Sequence[str]) -> list[int]:
+    """PIDs of live processes whose command line is exactly ``argv``."""
+    want = list(argv)
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and process_cmdline(int(entry.name)) == want:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_leftover(pid: int | None, argv: Sequence[str], grace: float) -> list[int]:
+    """Kill backends of an earlier DynLLM run that are still alive.
+
+    A process counts as ours only if its command line is exactly the one we
+    recorded when we started it (binary, model path and port included); any
+    other process that happens to hold the PID is left alone.
+    """
+    pids = []
+    if pid and process_cmdline(pid) == list(argv):
+        pids.append(pid)
+    else:
+        pids.extend(find_processes(argv))
+    for p in pids:
+        _signal_group(p, signal.SIGTERM)
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        # Only the child of the dead DynLLM, now re-parented: poll /proc.
+        deadline = time.monotonic() + grace
+        while process_cmdline(p) == list(argv) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if process_cmdline(p) == list(argv):
+            _signal_group(p, signal.SIGKILL)
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return pids

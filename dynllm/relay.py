@@ -1,0 +1,162 @@
+"""Forward one request to a backend and hand back its response as it arrives.
+
+The body goes upstream byte for byte; the backend's status, content type and
+body come back unchanged.  :class:`RelayBody` is the WSGI iterable: waitress
+calls its :meth:`~RelayBody.close` when the response is done *or* the client
+went away, and that closes the upstream connection (so the backend stops
+generating) and releases the lease.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Protocol
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+
+from .errors import BackendTimeout, BackendUnavailable, error_body
+
+log = logging.getLogger("dynllm.relay")
+
+#: Headers that describe one connection, not the message (RFC 9110 7.6.1),
+#: plus those that the HTTP client recomputes.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_UPSTREAM = HOP_BY_HOP | {"host", "content-length", "authorization", "expect"}
+_NOT_DOWNSTREAM = HOP_BY_HOP | {"server", "date"}
+
+#: Largest piece read from the backend at once.
+CHUNK = 64 * 1024
+
+
+class Releasable(Protocol):
+    def release(self) -> None: ...
+
+
+class Upstream:
+    """A pooled HTTP client shared by every request thread."""
+
+    def __init__(self, pool_size: int, request_timeout: float, connect_timeout: float = 10.0):
+        self.session = requests.Session()
+        self.session.trust_env = False  # never send backend traffic through a proxy
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.timeout = (connect_timeout, request_timeout)
+
+    def send(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> requests.Response:
+        """Open the upstream request; raises a DynLLM error if the backend is unreachable."""
+        try:
+            return self.session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                stream=True,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            raise BackendTimeout(f"backend did not answer in time: {exc}") from None
+        except requests.RequestException as exc:
+            raise BackendUnavailable(f"backend unreachable: {exc}") from None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def upstream_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Client headers that may go to the backend."""
+    return {k: v for k, v in headers.items() if k.lower() not in _NOT_UPSTREAM}
+
+
+def downstream_headers(resp: requests.Response) -> list[tuple[str, str]]:
+    """Backend headers that go back to the client, plus the no-buffering hint for proxies."""
+    out = [(k, v) for k, v in resp.raw.headers.items() if k.lower() not in _NOT_DOWNSTREAM]
+    if "x-accel-buffering" not in resp.raw.headers:
+        out.append(("X-Accel-Buffering", "no"))
+    return out
+
+
+def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The raw body as the backend sends it: one item per chunk, not re-encoded."""
+    raw = resp.raw
+    if raw.chunked and raw.supports_chunked_reads():
+        yield from raw.read_chunked(CHUNK, decode_content=False)
+    elif raw.length_remaining is not None:
+        yield from raw.stream(CHUNK, decode_content=False)
+    else:  # delimited by connection close: hand on whatever has arrived
+        while True:
+            data = raw.read1(CHUNK, decode_content=False)
+            if not data:
+                return
+            yield data
+
+
+class RelayBody:
+    """WSGI response iterable that relays a backend response and cleans up on close."""
+
+    def __init__(self, resp: requests.Response, lease: Releasable, model: str) -> None:
+        self._resp = resp
+        self._lease = lease
+        self._model = model
+        self._it = _chunks(resp)
+        ctype = resp.headers.get("content-type", "")
+        self._sse = ctype.startswith("text/event-stream")
+        self._done = False
+        self._closed = False
+
+    def __iter__(self) -> RelayBody:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._done = True
+            raise
+        except (requests.RequestException, Urllib3HTTPError, OSError) as exc:
+            self._done = True
+            log.warning("model=%s upstream failed mid-response: %s", self._model, exc)
+            if self._sse:
+                # End the event stream with an error event a client can see,
+                # instead of a silent cut that looks like a finished answer.
+                return sse_error(
+                    f"backend for '{self._model}' failed mid-stream: {exc}", 502
+                )
+            raise  # waitress then drops the connection: the body is visibly short
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._resp.close()
+        finally:
+            self._lease.release()
+
+
+def sse_error(message: str, status: int) -> bytes:
+    """A server-sent event carrying an OpenAI-shaped error (the OpenAI SDK raises on it)."""
+    body = error_body(message, "server_error", "backend_stream_error")
+    body["error"]["status"] = status
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
