@@ -18,7 +18,9 @@ def _model_from_body() -> str:
     try:
         doc: Any = json.loads(raw) if raw else None
     except ValueError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("model"), str) or not doc["model"]:
         raise InvalidRequest(
             'expected a JSON object like {"model": "<name>"}', param="model", code="missing_model"
@@ -37,7 +39,9 @@ def unload() -> Response:
     name = _model_from_body()
     registry = services().registry
     before = registry.unload(name, reason="admin unload")
-    return jsonify({"model": name, "previous_state": before, "state": registry.state_of(name).value})
+    return jsonify(
+        {"model": name, "previous_state": before, "state": registry.state_of(name).value}
+    )
 
 
 @bp.post("/models/load")

@@ -52,14 +52,20 @@ def read_model_field(body: bytes) -> str:
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
     if not isinstance(doc, dict):
         raise InvalidRequest("request body must be a JSON object", code="invalid_json")
     model = doc.get("model")
     if model is None:
-        raise InvalidRequest("you must provide a model parameter", param="model", code="missing_model")
+        raise InvalidRequest(
+            "you must provide a model parameter", param="model", code="missing_model"
+        )
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' must be a non-empty string", param="model", code="invalid_model")
+        raise InvalidRequest(
+            "'model' must be a non-empty string", param="model", code="invalid_model"
+        )
     return model
 
 

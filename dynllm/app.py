@@ -70,6 +70,8 @@ def create_app(
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> tuple[Response, int]:
         log.exception("unhandled error")
-        return jsonify(error_body(f"internal error: {type(exc).__name__}", "server_error", "internal_error")), 500
+        return jsonify(
+            error_body(f"internal error: {type(exc).__name__}", "server_error", "internal_error")
+        ), 500
 
     return app

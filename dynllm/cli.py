@@ -12,7 +12,14 @@ from pathlib import Path
 from types import FrameType
 
 from . import __version__
-from .config import Config, ConfigError, default_config, load_config, max_concurrent_models, warnings_for
+from .config import (
+    Config,
+    ConfigError,
+    default_config,
+    load_config,
+    max_concurrent_models,
+    warnings_for,
+)
 from .errors import DynLLMError
 
 log = logging.getLogger("dynllm")
@@ -181,7 +188,9 @@ def serve(cfg: Config) -> int:
         )
         sweeper.start()
         log.info(
-            "listening on http://%s:%s", server.effective_host, server.effective_port  # type: ignore[union-attr]
+            "listening on http://%s:%s",
+            server.effective_host,
+            server.effective_port,  # type: ignore[union-attr]
         )
         server.run()
     except SystemExit:

@@ -8,6 +8,7 @@ buffered in DynLLM and nothing is lost if DynLLM dies.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
@@ -102,7 +103,9 @@ class BackendProcess:
             env = {**os.environ, **self._env}
         with open(self.log_path, "ab", buffering=0) as logf:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            logf.write(f"{RUN_MARK}{stamp} starting: {subprocess.list2cmdline(self.argv)}\n".encode())
+            logf.write(
+                f"{RUN_MARK}{stamp} starting: {subprocess.list2cmdline(self.argv)}\n".encode()
+            )
             self._popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -203,10 +206,8 @@ def probe_once(port: int, probe: Probe, timeout: float) -> bool:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def process_cmdline(pid: int) -> list[str] | None:
@@ -254,8 +255,6 @@ def kill_leftover(pid: int | None, argv: Sequence[str], grace: float) -> list[in
             time.sleep(0.02)
         if process_cmdline(p) == list(argv):
             _signal_group(p, signal.SIGKILL)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     return pids

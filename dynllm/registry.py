@@ -245,7 +245,9 @@ class ModelRegistry:
     def _used_mb(self, exclude: _Model | None = None) -> int:
         """VRAM counted right now: loading, loaded and unloading models."""
         return sum(
-            m.cfg.vram_mb for m in self._models.values() if m.state in HOLDS_VRAM and m is not exclude
+            m.cfg.vram_mb
+            for m in self._models.values()
+            if m.state in HOLDS_VRAM and m is not exclude
         )
 
     def _committed_mb(self) -> int:
@@ -415,9 +417,7 @@ class ModelRegistry:
                 m.generation += 1
                 self._queue_row(m)  # pid and argv on disk before we wait on it
             proc.watch(lambda p, code: self._on_exit(m, p, code))
-            took = proc.wait_ready(
-                port, m.backend.probe(m.cfg), timeout, cancel=self._cancel
-            )
+            took = proc.wait_ready(port, m.backend.probe(m.cfg), timeout, cancel=self._cancel)
             with self._locked():
                 if m.state is State.LOADING and m.proc is proc:
                     m.load_order = self._clock()
@@ -469,7 +469,8 @@ class ModelRegistry:
         if proc is not None:
             proc.stop(self.config.backend.stop_timeout_seconds)
         if isinstance(exc, ProcessExited):
-            what = f"backend for '{m.name}' exited during load with code {describe_returncode(exc.returncode)}"
+            code = describe_returncode(exc.returncode)
+            what = f"backend for '{m.name}' exited during load with code {code}"
         elif isinstance(exc, ReadyTimeout):
             what = f"backend for '{m.name}' was not ready after {timeout:g}s (load timeout)"
         elif isinstance(exc, Cancelled):
@@ -603,7 +604,9 @@ class ModelRegistry:
         for lo in leftovers:
             pids = kill_leftover(lo.pid, lo.argv, self.config.backend.stop_timeout_seconds)
             for pid in pids:
-                log.warning("model=%s killed leftover backend pid=%s from an earlier run", lo.name, pid)
+                log.warning(
+                    "model=%s killed leftover backend pid=%s from an earlier run", lo.name, pid
+                )
                 killed.append(lo.name)
         return killed
 

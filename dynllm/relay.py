@@ -140,9 +140,7 @@ class RelayBody:
             if self._sse:
                 # End the event stream with an error event a client can see,
                 # instead of a silent cut that looks like a finished answer.
-                return sse_error(
-                    f"backend for '{self._model}' failed mid-stream: {exc}", 502
-                )
+                return sse_error(f"backend for '{self._model}' failed mid-stream: {exc}", 502)
             raise  # waitress then drops the connection: the body is visibly short
 
     def close(self) -> None:

@@ -39,8 +39,9 @@ non-JSON file means "all defaults"):
 Side files next to the model file (append-only, one line each, written with a
 single O_APPEND write so they are flushed immediately):
 
-  <model>.starts   ``<pid> <json argv>`` at every process start, before
-                   binding (argv is the full sys.argv, argv[0] included)
+  <model>.starts   ``<pid> <json argv>`` at every process start, first thing
+                   (before argv checks and before binding); argv is the full
+                   sys.argv, argv[0] included
   <model>.events   ``request <path> <pid>`` per HTTP request (path without
                    query string), ``stream_done <pid>`` when a stream
                    completes, ``stream_aborted <pid>`` when the client went
@@ -49,6 +50,13 @@ single O_APPEND write so they are flushed immediately):
 Token text is deterministic: "tok0 ", "tok1 ", ...; the number of tokens is
 min(max_tokens, knob ``tokens``).  finish_reason is "length" when the request's
 max_tokens (or max_completion_tokens / n_predict) is <= ``tokens``, else "stop".
+
+Other behaviour: a missing model file exits 1 right after binding; a busy port
+prints ``couldn't bind HTTP server socket, hostname: H, port: P`` and exits 1;
+SIGTERM/SIGINT exit 0 at once; ``--log-disable`` silences every log line (as in
+llama.cpp; argv errors and GGML_ASSERT still reach stderr); ``--verbose`` logs
+each request; ``--api-key`` guards every route except /health and /models;
+chat/completions on an ``--embeddings``/``--reranking`` server answer 500.
 """
 
 import argparse
@@ -728,16 +736,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 REASONS.get(status, b"Unknown"),
                 ctype,
                 len(body),
-                b"Connection: close\r\n"
-                if self.close_connection
-                else b"Keep-Alive: timeout=5, max=100000\r\n",
+                b"Connection: close\r\n" if self.close_connection else b"",
             )
         )
         self.wfile.write(head + body)
         if APP.verbose:
             self.log_message('"%s" %d %d', self.requestline, status, len(body))
 
-    def log_message(self, format, *args):  # noqa: A002 - signature from the base class
+    def log_message(self, format, *args):
         if APP is not None and APP.verbose:
             log(f"srv  log_server_r: request: {self.client_address[0]} {format % args}")
 
@@ -1153,9 +1159,23 @@ def _load_error(model_path, reason_lines):
     os._exit(1)
 
 
+def _scan_model(argv):
+    """The last -m/--model value in argv, without validating anything else."""
+    found = None
+    for i, a in enumerate(argv[:-1]):
+        if a in ("-m", "--model"):
+            found = argv[i + 1]
+    return found
+
+
 def main(argv=None):
     global APP, LOG_ENABLED
     argv = sys.argv[1:] if argv is None else argv
+    # 1. record the start first thing (before argv checks and before binding), so tests
+    #    can count every spawn, including ones the CLI check rejects
+    raw_model = _scan_model(argv)
+    if raw_model:
+        SideFile(raw_model + ".starts").write(f"{os.getpid()} {json.dumps(sys.argv)}")
     args = parse_cli(argv)
     if args.help:
         sys.stdout.write(
@@ -1175,9 +1195,6 @@ def main(argv=None):
         _fatal("error: this fake llama-server needs -m/--model (router mode is not imitated)")
     model_path = args.model
     LOG_ENABLED = not args.log_disable
-
-    # 1. record the start, before binding
-    SideFile(model_path + ".starts").write(f"{os.getpid()} {json.dumps(sys.argv)}")
 
     knobs = read_knobs(model_path)
     model_exists = os.path.isfile(model_path)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynllm.backends import get_backend
+from dynllm.config import build_config
+from dynllm.endpoints import Endpoint
+
+
+def cfg_with(**model: Any):  # noqa: ANN201
+    base = {"name": "qwen", "path": "/m/q.gguf", "backend": "llamacpp", "vram_mb": 1}
+    return build_config(
+        {"backend": {"llamacpp_binary": "/opt/llama-server"}, "models": [{**base, **model}]},
+        Path("/"),
+    )
+
+
+def test_llamacpp_argv_for_llm() -> None:
+    cfg = cfg_with(n_gpu_layers=20, context_size=8192)
+    argv = get_backend("llamacpp").argv(cfg, cfg.models[0], 9123)
+    assert argv == [
+        "/opt/llama-server",
+        "-m",
+        "/m/q.gguf",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9123",
+        "-ngl",
+        "20",
+        "-c",
+        "8192",
+        "--alias",
+        "qwen",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model_type", "flag"), [("embedding", "--embeddings"), ("rerank", "--reranking")]
+)
+def test_llamacpp_mode_flags(model_type: str, flag: str) -> None:
+    cfg = cfg_with(model_type=model_type)
+    argv = get_backend("llamacpp").argv(cfg, cfg.models[0], 9100)
+    assert argv[-1] == flag
+
+
+def test_extra_args_are_separate_argv_items() -> None:
+    cfg = cfg_with(extra_args=["--flash-attn", "on", "-np", "4; rm -rf /"])
+    argv = get_backend("llamacpp").argv(cfg, cfg.models[0], 9100)
+    assert argv[-4:] == ["--flash-attn", "on", "-np", "4; rm -rf /"]
+
+
+def test_llamacpp_routes_and_probe() -> None:
+    cfg = cfg_with()
+    b = get_backend("llamacpp")
+    m = cfg.models[0]
+    assert b.upstream_path(m, Endpoint.CHAT) == "/v1/chat/completions"
+    assert b.upstream_path(m, Endpoint.RERANK) == "/v1/rerank"
+    assert b.probe(m).path == "/health"
+    assert b.rewrite_body(m, b'{"model":"qwen"}', "application/json") == b'{"model":"qwen"}'
