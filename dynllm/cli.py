@@ -164,7 +164,7 @@ def serve(cfg: Config) -> int:
 
     store = Store(cfg.db_path)
     registry = ModelRegistry(cfg, store)
-    sweeper = Sweeper(registry)
+    sweeper = Sweeper(registry, cfg.server.sweep_interval_seconds)
     server = None
     try:
         registry.heal()

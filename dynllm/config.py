@@ -117,6 +117,8 @@ class ServerConfig(_Strict):
     max_body_mb: float = Field(100, gt=0)
     #: On SIGTERM, how long in-flight requests may finish before backends stop.
     shutdown_grace_seconds: float = Field(5, ge=0)
+    #: How often the idle sweeper looks for models to unload.
+    sweep_interval_seconds: float = Field(30, gt=0)
 
 
 class BackendSettings(_Strict):

@@ -221,12 +221,25 @@ def process_cmdline(pid: int) -> list[str] | None:
     return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
 
 
+def same_command(cmdline: Sequence[str] | None, argv: Sequence[str]) -> bool:
+    """Whether a ``/proc`` command line is the one we started from ``argv``.
+
+    The arguments must match exactly; the program may appear with its full
+    path, and behind an interpreter when it is a ``#!`` script.
+    """
+    if not cmdline or not argv or len(cmdline) < len(argv):
+        return False
+    head = cmdline[len(cmdline) - len(argv)]
+    return list(cmdline[len(cmdline) - len(argv) + 1 :]) == list(argv[1:]) and (
+        os.path.basename(head) == os.path.basename(argv[0])
+    )
+
+
 def find_processes(argv: Sequence[str]) -> list[int]:
-    """PIDs of live processes whose command line is exactly ``argv``."""
-    want = list(argv)
+    """PIDs of live processes started with the command line ``argv``."""
     found = []
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and process_cmdline(int(entry.name)) == want:
+        if entry.name.isdigit() and same_command(process_cmdline(int(entry.name)), argv):
             found.append(int(entry.name))
     return found
 
@@ -234,12 +247,12 @@ def find_processes(argv: Sequence[str]) -> list[int]:
 def kill_leftover(pid: int | None, argv: Sequence[str], grace: float) -> list[int]:
     """Kill backends of an earlier DynLLM run that are still alive.
 
-    A process counts as ours only if its command line is exactly the one we
-    recorded when we started it (binary, model path and port included); any
-    other process that happens to hold the PID is left alone.
+    A process counts as ours only if its command line is the one we recorded
+    when we started it (binary, model path and port included, see
+    :func:`same_command`); any other process that holds the PID is left alone.
     """
     pids = []
-    if pid and process_cmdline(pid) == list(argv):
+    if pid and same_command(process_cmdline(pid), argv):
         pids.append(pid)
     else:
         pids.extend(find_processes(argv))
@@ -251,9 +264,9 @@ def kill_leftover(pid: int | None, argv: Sequence[str], grace: float) -> list[in
             continue
         # Only the child of the dead DynLLM, now re-parented: poll /proc.
         deadline = time.monotonic() + grace
-        while process_cmdline(p) == list(argv) and time.monotonic() < deadline:
+        while same_command(process_cmdline(p), argv) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if process_cmdline(p) == list(argv):
+        if same_command(process_cmdline(p), argv):
             _signal_group(p, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)

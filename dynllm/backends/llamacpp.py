@@ -29,9 +29,8 @@ class LlamaCppBackend(Backend):
             str(model.n_gpu_layers),
             "-c",
             str(model.context_size),
-            # Responses and the backend's /v1/models then carry the public name.
-            "--alias",
-            model.name,
+            # Responses then carry the public name (llama-server splits aliases on commas).
+            *(["--alias", model.name] if "," not in model.name else []),
             *MODE_FLAGS[model.model_type],
             *model.extra_args,
         ]

@@ -61,3 +61,19 @@ def test_llamacpp_routes_and_probe() -> None:
     assert b.upstream_path(m, Endpoint.RERANK) == "/v1/rerank"
     assert b.probe(m).path == "/health"
     assert b.rewrite_body(m, b'{"model":"qwen"}', "application/json") == b'{"model":"qwen"}'
+
+
+def test_same_command_recognises_scripts_and_rejects_strangers() -> None:
+    from dynllm.process import same_command
+
+    argv = ["/opt/fake.py", "-m", "/m/a.gguf", "--port", "9100"]
+    assert same_command(argv, argv)
+    assert same_command(["python3", *argv], argv)  # a #! script under its interpreter
+    assert same_command(
+        ["llama-server", "-m", "/m/a.gguf", "--port", "9100"],
+        ["/usr/bin/llama-server", "-m", "/m/a.gguf", "--port", "9100"],
+    )
+    assert not same_command(["/opt/fake.py", "-m", "/m/a.gguf", "--port", "9101"], argv)
+    assert not same_command(["sleep", "60"], argv)
+    assert not same_command(None, argv)
+    assert not same_command([], argv)

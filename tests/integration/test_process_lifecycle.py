@@ -1,0 +1,158 @@
+"""Idle unload, admin unload, backend deaths, SIGTERM and recovery after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from tests.support.harness import (
+    DynLLM,
+    chat_in_background,
+    live_pids_matching,
+    pid_alive,
+    wait_for,
+)
+
+
+def test_idle_model_is_unloaded_by_the_sweeper(dynllm, spec) -> None:
+    d = dynllm(
+        [spec("quick", unload_time=1), spec("keep", unload_time=-1), spec("default")],
+        server={"sweep_interval_seconds": 0.2},
+        idle_timeout_seconds=3600,
+    )
+    for n in ("quick", "keep", "default"):
+        assert d.chat(n, max_tokens=1).status_code == 200
+    pid = d.admin()["quick"]["pid"]
+    wait_for(lambda: d.state("quick") == "unloaded", timeout=10)
+    assert not pid_alive(pid)
+    assert d.state("keep") == "loaded" and d.state("default") == "loaded"
+    assert "reason=idle for" in d.log()
+
+
+def test_idle_time_counts_from_the_end_of_the_last_request(dynllm, spec) -> None:
+    d = dynllm(
+        [spec("a", unload_time=1, token_delay=0.25, tokens=8)],
+        server={"sweep_interval_seconds": 0.2},
+    )
+    events = []
+    resp = d.chat("a", stream=True, max_tokens=8)  # 2 s of streaming, longer than unload_time
+    for line in resp.iter_lines():
+        if line:
+            events.append(line)
+            assert d.state("a") == "loaded"
+    assert events[-1] == b"data: [DONE]"
+    wait_for(lambda: d.state("a") == "unloaded", timeout=10)
+
+
+def test_admin_unload(dynllm, spec) -> None:
+    d = dynllm([spec("a", token_delay=0.2, tokens=10)])
+    assert d.post("/admin/models/unload", json={"model": "a"}).json()["state"] == "unloaded"
+    stream = d.chat("a", stream=True, max_tokens=10)
+    wait_for(lambda: d.admin()["a"]["in_flight"] == 1)
+    r = d.post("/admin/models/unload", json={"model": "a"})
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "model_busy"
+    assert [line for line in stream.iter_lines() if line][-1] == b"data: [DONE]"  # not cut
+    wait_for(lambda: d.admin()["a"]["in_flight"] == 0)
+    pid = d.admin()["a"]["pid"]
+    r = d.post("/admin/models/unload", json={"model": "a"})
+    assert r.status_code == 200 and r.json() == {
+        "model": "a",
+        "previous_state": "loaded",
+        "state": "unloaded",
+    }
+    assert not pid_alive(pid)
+    assert d.post("/admin/models/unload", json={"model": "zz"}).status_code == 404
+    assert d.post("/admin/models/unload", data=b"{").status_code == 400
+    assert d.post("/admin/models/load", json={"model": "a"}).json()["state"] == "loaded"
+
+
+def test_kill_9_of_a_loaded_backend_is_noticed_and_healed(dynllm, spec, models) -> None:
+    d = dynllm([spec("a")])
+    assert d.chat("a", max_tokens=1).status_code == 200
+    pid = d.admin()["a"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: d.state("a") == "failed")
+    info = d.admin()["a"]
+    assert "SIGKILL" in info["last_error"] and info["pid"] is None
+    assert "backend exited unexpectedly" in d.log()
+    assert d.chat("a", max_tokens=1).status_code == 200
+    assert d.admin()["a"]["pid"] != pid
+    assert len(models.starts("a")) == 2
+
+
+def test_sigterm_stops_every_backend_and_exits_zero(dynllm, spec, models) -> None:
+    d = dynllm([spec("a"), spec("stubborn", ignore_sigterm=True), spec("slow", load_delay=30)])
+    assert d.chat("a", max_tokens=1).status_code == 200
+    assert d.chat("stubborn", max_tokens=1).status_code == 200
+    chat_in_background(d, "slow", max_tokens=1)
+    wait_for(lambda: models.starts("slow"))
+    pids = [p for p, _ in models.starts("a") + models.starts("stubborn") + models.starts("slow")]
+    assert d.stop(signal.SIGTERM) == 0
+    assert not [p for p in pids if pid_alive(p)]
+    assert "ignored SIGTERM" in d.log()  # the stubborn one needed SIGKILL
+    assert not live_pids_matching(str(models.root))
+
+
+def test_sigint_also_stops_cleanly(dynllm, spec) -> None:
+    d = dynllm([spec("a")])
+    assert d.chat("a", max_tokens=1).status_code == 200
+    pid = d.admin()["a"]["pid"]
+    assert d.stop(signal.SIGINT) == 0
+    assert not pid_alive(pid)
+
+
+def test_restart_after_sigkill_kills_leftovers_and_reports_true_states(
+    dynllm, spec, models, tmp_path
+) -> None:
+    d = dynllm([spec("a", 300), spec("b", 300), spec("c", 300, load_delay=30)])
+    assert d.chat("a", max_tokens=1).status_code == 200
+    assert d.chat("b", max_tokens=1).status_code == 200
+    chat_in_background(d, "c", max_tokens=1)
+    wait_for(lambda: models.starts("c"))
+    old = [p for n in "abc" for p, _ in models.starts(n)]
+    assert len(old) == 3
+    d.stop(signal.SIGKILL)
+    assert all(pid_alive(p) for p in old)  # orphans, as after a real crash
+    unrelated = live_pids_matching("sleep 3600")  # nothing of ours must be touched
+    d2 = DynLLM(tmp_path / "config.yaml").start()
+    try:
+        assert not [p for p in old if pid_alive(p)]
+        assert {n: m["state"] for n, m in d2.admin().items()} == {
+            "a": "unloaded",
+            "b": "unloaded",
+            "c": "unloaded",
+        }
+        assert d2.log().count("killed leftover backend") == 3
+        assert live_pids_matching("sleep 3600") == unrelated
+        assert d2.chat("a", max_tokens=1).status_code == 200
+    finally:
+        assert d2.stop() == 0
+    assert not live_pids_matching(str(models.root))
+
+
+def test_healing_leaves_an_unrelated_process_with_a_recycled_pid_alone(tmp_path, spec) -> None:
+    import sqlite3
+    import subprocess
+
+    from tests.support.harness import write_config
+
+    cfg = write_config(tmp_path / "config.yaml", [spec("a")])
+    d = DynLLM(cfg).start()
+    assert d.stop() == 0
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        # Pretend the db says "a" was loaded in a process that now is `sleep`.
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            db.execute(
+                "UPDATE models SET state='loaded', pid=?, argv=? WHERE name='a'",
+                (stranger.pid, '["llama-server", "-m", "x"]'),
+            )
+        d2 = DynLLM(cfg).start()
+        assert d2.state("a") == "unloaded"
+        assert stranger.poll() is None  # still alive
+        assert d2.stop() == 0
+    finally:
+        stranger.kill()
+        stranger.wait()
