@@ -201,7 +201,8 @@ class DynLLM:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"dynllm did not exit within {timeout}s:\n{self.log()}") from None
+                msg = f"dynllm did not exit within {timeout}s:\n{self.log()}"
+                raise AssertionError(msg) from None
         self.session.close()
         return self.proc.returncode
 
