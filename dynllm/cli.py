@@ -151,10 +151,9 @@ class _Phases:
 
 def serve(cfg: Config) -> int:
     """Run until SIGTERM/SIGINT; every backend is stopped before returning."""
-    import waitress  # the only module that touches the WSGI server
-
     from .app import create_app
     from .registry import ModelRegistry
+    from .server import make_server
     from .store import Store
     from .sweeper import Sweeper
 
@@ -175,17 +174,7 @@ def serve(cfg: Config) -> int:
             except DynLLMError as exc:
                 log.error("preload of %s failed: %s", name, exc.message)
         app = create_app(cfg, registry)
-        server = waitress.create_server(
-            app,
-            host=cfg.server.host,
-            port=cfg.server.port,
-            threads=cfg.server.threads,
-            connection_limit=cfg.server.connection_limit,
-            send_bytes=1,  # flush every chunk at once: streams must not sit in a buffer
-            asyncore_use_poll=True,  # no 1024-descriptor select() limit
-            max_request_body_size=int(cfg.server.max_body_mb * 1024 * 1024) + 65536,
-            ident="dynllm",
-        )
+        server = make_server(app, cfg)
         sweeper.start()
         log.info(
             "listening on http://%s:%s",

@@ -32,7 +32,7 @@ def real(
     """
     mdir = tmp_path / "models"
     mdir.mkdir()
-    for kind, src in gguf_files.items():
+    for src in gguf_files.values():
         (mdir / src.name).symlink_to(src)
 
     def start(budget: int = 1000, **top: Any) -> Any:

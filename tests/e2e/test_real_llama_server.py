@@ -117,16 +117,29 @@ def test_curl_stream_and_error(client) -> None:  # noqa: ANN001
     d = client.dynllm
     body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
     out = subprocess.run(
-        [curl, "-sN", "-H", "Content-Type: application/json", "-d",
-         json.dumps({**body, "stream": True}), d.url + "/v1/chat/completions"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            curl,
+            "-sN",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps({**body, "stream": True}),
+            d.url + "/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     events = [line[6:] for line in out.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert all(json.loads(e)["object"] == "chat.completion.chunk" for e in events[:-1])
     res = subprocess.run(
         [curl, "-s", "-w", "\n%{http_code}", "-d", "{oops", d.url + "/v1/chat/completions"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     payload, status = res.rsplit("\n", 1)
     assert status == "400" and json.loads(payload)["error"]["code"] == "invalid_json"

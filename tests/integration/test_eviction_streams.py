@@ -145,3 +145,24 @@ def test_non_stream_body_and_status_pass_through(dynllm, spec) -> None:
     )
     assert r.headers["Content-Type"].startswith("text/event-stream")
     assert r.headers["X-Accel-Buffering"] == "no"
+
+
+def test_streams_keep_the_client_connection_alive(dynllm, spec) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    d = dynllm([spec("a", tokens=4)])
+    u = urlsplit(d.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    body = json.dumps({"model": "a", "stream": True, "max_tokens": 4, "messages": []})
+    local_ports = []
+    for _ in range(3):
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.getheader("Transfer-Encoding") == "chunked"
+        assert resp.getheader("Connection") is None
+        data = resp.read()
+        assert data.rstrip().endswith(b"data: [DONE]")
+        local_ports.append(conn.sock.getsockname()[1])
+    assert len(set(local_ports)) == 1  # one TCP connection carried all three streams
+    conn.close()

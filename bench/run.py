@@ -1,0 +1,729 @@
+"""DynLLM benchmark: direct backend vs a minimal relay vs DynLLM, side by side.
+
+    uv run python bench/run.py [--quick] [--out bench/results/NAME.json]
+
+Everything runs against tests/support/fake_llama_server.py.  See bench/README.md for
+what each figure means.  Every process started here is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+FAKE = REPO / "tests" / "support" / "fake_llama_server.py"
+LOADGEN = BENCH / "loadgen.py"
+MINIMAL = BENCH / "minimal_relay.py"
+LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+FAKE_READY = re.compile(r"server is listening on http://([\d.]+):(\d+)")
+
+UNPACED_TOKENS = 2000  # tokens per unpaced stream: the relay's ceiling
+PACED_TOKENS = 100  # tokens per paced stream (2 s at 50 tokens/s)
+PACED_DELAY = 0.02  # seconds per token: 50 tokens/s per stream
+NONSTREAM_TOKENS = 16
+SHORT_STREAM_TOKENS = 8  # keep-alive check: short streams expose per-request cost
+BACKEND_ARGS = ["-ngl", "-1", "-c", "4096"]  # what DynLLM passes (llama.cpp defaults)
+
+# durations (warmup, measured) in seconds; --quick uses QUICK
+FULL = {
+    "ns1": (0.5, 4.0),
+    "ns16": (0.5, 5.0),
+    "un1": (0.5, 3.0),
+    "un64": (1.0, 5.0),
+    "pa1": (0.5, 4.0),
+    "pa64": (1.5, 6.0),
+    "cold_reps": 7,
+    "ka_n": 300,
+}
+QUICK = {
+    "ns1": (0.3, 1.5),
+    "ns16": (0.3, 2.0),
+    "un1": (0.3, 1.0),
+    "un64": (0.5, 2.0),
+    "pa1": (0.3, 2.0),
+    "pa64": (0.8, 2.5),
+    "cold_reps": 3,
+    "ka_n": 100,
+}
+TARGETS = ("direct", "minimal", "dynllm")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A child process in its own session, output to a log file."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path | None = None) -> None:
+        self.name = name
+        self.log_path = log
+        with open(log, "ab") as f:
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                cwd=str(cwd) if cwd else None,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, pattern: re.Pattern[str], timeout: float = 60.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = pattern.search(self.log())
+            if m:
+                return m
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.popen.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log()}")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)  # anything it left in its group
+
+
+def pids_mentioning(needle: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains ``needle``."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if raw and needle in raw.replace(b"\0", b" ").decode(errors="replace"):
+            out.append(int(entry.name))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Bench:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.d = QUICK if quick else FULL
+        self.tmp = Path(tempfile.mkdtemp(prefix="dynllm-bench-"))
+        self.procs: list[Proc] = []
+        self.models = self.tmp / "models"
+        self.models.mkdir()
+        self.knobs = {
+            "fast": {"tokens": UNPACED_TOKENS, "token_delay": 0.0},
+            "paced": {"tokens": PACED_TOKENS, "token_delay": PACED_DELAY},
+            "cold": {"tokens": NONSTREAM_TOKENS, "token_delay": 0.0},
+        }
+        for name, knobs in self.knobs.items():
+            (self.models / f"{name}.gguf").write_text(
+                json.dumps({**knobs, "record_requests": False})
+            )
+        self.ports: dict[str, dict[str, int]] = {t: {} for t in TARGETS}
+        self.pids: dict[str, dict[str, int]] = {t: {} for t in TARGETS}
+
+    # -- starting things
+    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> Proc:
+        p = Proc(name, argv, self.tmp / f"{name}.log", cwd)
+        self.procs.append(p)
+        return p
+
+    def start_fake(self, name: str, model: str) -> tuple[Proc, int]:
+        p = self.start(
+            name,
+            [str(FAKE), "-m", str(self.models / f"{model}.gguf"), "--host", "127.0.0.1"]
+            + ["--port", "0", *BACKEND_ARGS, "--alias", model],
+        )
+        m = p.wait_for_log(FAKE_READY)
+        return p, int(m.group(2))
+
+    def start_minimal(self, name: str, backend_port: int, patch: bool = True) -> tuple[Proc, int]:
+        argv = [sys.executable, str(MINIMAL), "--backend", f"http://127.0.0.1:{backend_port}"]
+        if not patch:
+            argv.append("--no-keepalive-patch")
+        p = self.start(name, argv)
+        return p, int(p.wait_for_log(LISTENING).group(2))
+
+    def write_config(self, folder: Path, port_start: int) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        models = [
+            {"name": n, "path": str(self.models / f"{n}.gguf"), "backend": "llamacpp"}
+            | {"vram_mb": 100}
+            for n in self.knobs
+        ]
+        cfg = {
+            "total_vram_mb": 1000,
+            "idle_timeout_seconds": -1,
+            "db_path": str(folder / "state.db"),
+            "enabled_backends": ["llamacpp"],
+            "backend": {
+                "llamacpp_binary": str(FAKE),
+                "port_range_start": port_start,
+                "port_range_end": port_start + 49,
+                "stop_timeout_seconds": 2,
+            },
+            "models": models,
+        }
+        path = folder / "config.yaml"
+        path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
+        return path
+
+    def start_dynllm(self, name: str, folder: Path, port_start: int, patch: bool = True):
+        cfg = self.write_config(folder, port_start)
+        common = ["--config", str(cfg), "--host", "127.0.0.1", "--port", "0"]
+        if patch:
+            argv = [sys.executable, "-m", "dynllm", *common]
+        else:  # the same DynLLM with make_server(chunked_keepalive=False); nothing edited
+            code = (
+                "import sys, dynllm.server as s; o = s.make_server; "
+                "s.make_server = lambda app, cfg, chunked_keepalive=True: o(app, cfg, False); "
+                "from dynllm.cli import main; sys.exit(main(sys.argv[1:]))"
+            )
+            argv = [sys.executable, "-c", code, *common]
+        p = self.start(name, argv, cwd=REPO)
+        return p, int(p.wait_for_log(LISTENING).group(2))
+
+    def stop_all(self) -> list[int]:
+        for p in reversed(self.procs):
+            try:
+                p.stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"warning: stopping {p.name}: {exc}", file=sys.stderr)
+        deadline = time.monotonic() + 5
+        left = pids_mentioning(str(self.tmp))
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = pids_mentioning(str(self.tmp))
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return left
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+
+
+def http_json(port: int, method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.status >= 400:
+            raise RuntimeError(f"{method} {path} -> {resp.status}: {raw[:300]!r}")
+        return json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def chat_body(model: str, stream: bool, max_tokens: int | None = None) -> str:
+    b: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "Hello"}]}
+    if max_tokens is not None:
+        b["max_tokens"] = max_tokens
+    if stream:
+        b["stream"] = True
+    return json.dumps(b)
+
+
+def raw_ttfb(port: int, body: str, t_start: float) -> tuple[float, bytes]:
+    """POST a chat request; seconds from ``t_start`` to the first response byte."""
+    data = body.encode()
+    req = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + data
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(req)
+        first = s.recv(65536)
+        t = time.perf_counter() - t_start
+        rest = [first]
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest.append(chunk)
+    return t, b"".join(rest)
+
+
+def health_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, str(LOADGEN)],
+        input=json.dumps(spec).encode(),
+        capture_output=True,
+        timeout=spec.get("warmup", 0) + spec.get("duration", 0) + 120,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr.decode(errors='replace')}")
+    return json.loads(out.stdout)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))  # nearest rank
+    return s[k]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- the figures
+
+
+class Runner:
+    def __init__(self, b: Bench) -> None:
+        self.b = b
+        self.fig: dict[str, dict[str, Any]] = {}  # figure -> {target: value}
+        self.raw: dict[str, Any] = {}
+
+    def put(self, figure: str, target: str, value: float) -> None:
+        self.fig.setdefault(figure, {})[target] = value
+
+    def spec(self, target: str, key: str, body: str, conns: int, **kw: Any) -> dict[str, Any]:
+        warm, dur = self.b.d[key]
+        pids = self.b.pids[target]
+        cpu = {"backend": pids["backend"]}
+        if "proxy" in pids:
+            cpu["proxy"] = pids["proxy"]
+        return {
+            "port": self.b.ports[target][kw.pop("port_key", "fast")],
+            "body": body,
+            "conns": conns,
+            "warmup": warm,
+            "duration": dur,
+            "cpu_pids": cpu,
+            **kw,
+        }
+
+    def nonstream(self, conns: int) -> None:
+        key = f"ns{conns}"
+        body = chat_body("fast", False, NONSTREAM_TOKENS)
+        for t in TARGETS:
+            r = loadgen(self.spec(t, key, body, conns))
+            self.check(r, f"{key}/{t}")
+            lat = [x * 1000 for x in r["latencies"]]
+            self.put(f"lat_c{conns}_p50", t, pct(lat, 50))
+            self.put(f"lat_c{conns}_p99", t, pct(lat, 99))
+            rps = r["requests"] / r["window_s"]
+            self.put(f"rps_c{conns}", t, rps)
+            n = max(1, r["requests"])
+            if conns == 16:
+                self.put("cpu_backend_per_1k", t, r["cpu"]["backend"] / n * 1000)
+                self.put("cpu_client_per_1k", t, r["client_cpu"] / n * 1000)
+                if "proxy" in r["cpu"]:
+                    self.put("cpu_proxy_per_1k", t, r["cpu"]["proxy"] / n * 1000)
+            self.raw[f"{key}/{t}"] = {k: v for k, v in r.items() if k not in ("latencies", "ttfb")}
+            time.sleep(0.3)
+
+    def streams(self, conns: int, paced: bool) -> None:
+        key = f"{'pa' if paced else 'un'}{conns}"
+        model = "paced" if paced else "fast"
+        body = chat_body(model, True)
+        for t in TARGETS:
+            rss = {"proxy": self.b.pids[t]["proxy"]} if conns >= 64 and t != "direct" else {}
+            r = loadgen(self.spec(t, key, body, conns, port_key=model, gaps=paced, rss_pids=rss))
+            self.check(r, f"{key}/{t}")
+            rate = r["events"] / r["window_s"]
+            if paced:
+                gaps = [x * 1000 for x in r["gaps"] if x > 0.0005]  # coalesced ones excluded
+                self.put(f"tok_s_paced_{conns}", t, rate)
+                self.put(f"gap_p50_paced_{conns}", t, pct(gaps, 50))
+                self.put(f"gap_p99_paced_{conns}", t, pct(gaps, 99))
+                self.put(f"ttft_p50_paced_{conns}", t, pct([x * 1000 for x in r["ttft"]], 50))
+            else:
+                self.put(f"ev_s_unpaced_{conns}", t, rate)
+                self.put(f"client_cpu_frac_unpaced_{conns}", t, r["client_cpu"] / r["window_s"])
+            if rss:
+                mb = r["rss_kb"]["proxy"] / 1024
+                prev = self.fig.get("rss_64_streams_mb", {}).get(t, 0.0)
+                self.put("rss_64_streams_mb", t, max(prev, mb))
+            self.raw[f"{key}/{t}"] = {k: v for k, v in r.items() if k not in ("gaps", "ttft")}
+            time.sleep(1.0 if conns >= 64 else 0.3)  # let cut streams wind down
+
+    def check(self, r: dict[str, Any], what: str) -> None:
+        if r["errors"] or r["bad_status"]:
+            print(f"  ! {what}: errors={r['errors']} statuses={r['bad_status']}", file=sys.stderr)
+
+    def idle_rss(self) -> None:
+        for t in ("minimal", "dynllm"):
+            pid = self.b.pids[t]["proxy"]
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.put("rss_idle_mb", t, int(line.split()[1]) / 1024)
+
+    def cold_start(self, dyn_port: int) -> None:
+        """DynLLM's first-request TTFB for an unloaded model vs spawning the backend by hand."""
+        b = self.b
+        body = chat_body("cold", False, NONSTREAM_TOKENS)
+        direct_ready, direct_fb, dyn_fb = [], [], []
+        for i in range(b.d["cold_reps"]):
+            # direct: spawn, poll /health every 2 ms, send the same request
+            port = free_port()
+            argv = [str(FAKE), "-m", str(b.models / "cold.gguf"), "--host", "127.0.0.1"]
+            argv += ["--port", str(port), *BACKEND_ARGS, "--alias", "cold"]
+            t0 = time.perf_counter()
+            p = b.start(f"cold-direct-{i}", argv)
+            while not health_ok(port):
+                if p.popen.poll() is not None:
+                    raise RuntimeError(f"cold fake exited:\n{p.log()}")
+                time.sleep(0.002)
+            direct_ready.append(time.perf_counter() - t0)
+            fb, _ = raw_ttfb(port, body, t0)
+            direct_fb.append(fb)
+            p.stop()
+            time.sleep(0.2)
+            # dynllm: first request for the unloaded model
+            assert http_json(dyn_port, "GET", "/admin/models")  # it answers
+            t0 = time.perf_counter()
+            fb, resp = raw_ttfb(dyn_port, body, t0)
+            if not resp.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"cold request failed: {resp[:300]!r}")
+            dyn_fb.append(fb)
+            http_json(dyn_port, "POST", "/admin/models/unload", {"model": "cold"})
+            time.sleep(0.2)
+        ms = [x * 1000 for x in direct_ready]
+        self.raw["cold"] = {
+            "direct_spawn_to_ready_ms": ms,
+            "direct_spawn_to_first_byte_ms": [x * 1000 for x in direct_fb],
+            "dynllm_first_byte_ms": [x * 1000 for x in dyn_fb],
+        }
+        self.put("cold_backend_ready_ms", "direct", median(ms))
+        self.put("cold_first_byte_ms", "direct", median([x * 1000 for x in direct_fb]))
+        self.put("cold_first_byte_ms", "dynllm", median([x * 1000 for x in dyn_fb]))
+        self.put(
+            "cold_overhead_ms",
+            "dynllm",
+            median([x * 1000 for x in dyn_fb]) - median([x * 1000 for x in direct_fb]),
+        )
+
+    def keepalive(self, targets: dict[str, int]) -> None:
+        """N sequential short streams on one keep-alive client: connections opened, rate."""
+        body = chat_body("fast", True, SHORT_STREAM_TOKENS)
+        n = self.b.d["ka_n"]
+        out = {}
+        for name, port in targets.items():
+            spec = {"port": port, "body": body, "conns": 1, "warmup": 0.0}
+            spec |= {"duration": 120.0, "max_requests": n}
+            loadgen(spec | {"max_requests": 20})  # warm the pools
+            r = loadgen(spec)
+            out[name] = {
+                "requests": r["total_requests"],
+                "connections_opened": r["connections_opened"],
+                "req_s": r["total_requests"] / r["window_s"],
+                "ms_per_req": r["window_s"] / max(1, r["total_requests"]) * 1000,
+                "errors": r["errors"],
+            }
+            time.sleep(0.3)
+        self.raw["keepalive"] = out
+
+
+# --------------------------------------------------------------------------- report
+
+# figure key, label, unit, better ("lo"/"hi"), judged against the minimal relay
+ROWS: list[tuple[str, str, str, str, bool]] = [
+    ("lat_c1_p50", "non-stream latency c=1 p50", "ms", "lo", True),
+    ("lat_c1_p99", "non-stream latency c=1 p99", "ms", "lo", True),
+    ("lat_c16_p50", "non-stream latency c=16 p50", "ms", "lo", True),
+    ("lat_c16_p99", "non-stream latency c=16 p99", "ms", "lo", True),
+    ("rps_c1", "requests/s c=1", "req/s", "hi", False),
+    ("rps_c16", "requests/s c=16", "req/s", "hi", True),
+    ("ev_s_unpaced_1", "unpaced chunks/s, 1 stream", "ev/s", "hi", True),
+    ("ev_s_unpaced_64", "unpaced chunks/s, 64 streams", "ev/s", "hi", True),
+    ("tok_s_paced_1", "paced tokens/s, 1 stream", "tok/s", "hi", True),
+    ("tok_s_paced_64", "paced tokens/s, 64 streams", "tok/s", "hi", True),
+    ("gap_p50_paced_1", "paced inter-token p50, 1", "ms", "lo", False),
+    ("gap_p99_paced_1", "paced inter-token p99, 1", "ms", "lo", True),
+    ("gap_p50_paced_64", "paced inter-token p50, 64", "ms", "lo", False),
+    ("gap_p99_paced_64", "paced inter-token p99, 64", "ms", "lo", True),
+    ("ttft_p50_paced_1", "paced TTFT p50, 1 stream", "ms", "lo", False),
+    ("ttft_p50_paced_64", "paced TTFT p50, 64 streams", "ms", "lo", False),
+    ("cpu_proxy_per_1k", "proxy CPU per 1000 req", "s", "lo", True),
+    ("cpu_backend_per_1k", "backend CPU per 1000 req", "s", "lo", False),
+    ("cpu_client_per_1k", "client CPU per 1000 req", "s", "lo", False),
+    ("client_cpu_frac_unpaced_64", "client CPU, unpaced 64", "core", "lo", False),
+    ("rss_idle_mb", "proxy RSS idle", "MiB", "lo", False),
+    ("rss_64_streams_mb", "proxy RSS, 64 streams (max)", "MiB", "lo", True),
+    ("cold_backend_ready_ms", "cold: fake spawn->ready", "ms", "lo", False),
+    ("cold_first_byte_ms", "cold: spawn/request->1st byte", "ms", "lo", False),
+    ("cold_overhead_ms", "cold-start overhead", "ms", "lo", False),
+]
+ADDED = {k for k, *_ in ROWS if k.startswith(("lat_", "gap_", "ttft_"))}
+
+
+def fmt(v: Any, width: int = 9) -> str:
+    if v is None:
+        return "-".rjust(width)
+    if isinstance(v, float) and v != v:
+        return "nan".rjust(width)
+    a = abs(v)
+    s = (
+        f"{v:.0f}"
+        if a >= 1000
+        else f"{v:.1f}"
+        if a >= 100
+        else f"{v:.2f}"
+        if a >= 1
+        else f"{v:.3f}"
+    )
+    return s.rjust(width)
+
+
+def judge(fig: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
+    out = []
+    for key, label, unit, better, vs_min in ROWS:
+        v = fig.get(key, {})
+        d, m = v.get("dynllm"), v.get("minimal")
+        if not vs_min or d is None or m is None:
+            continue
+        ok = d <= 1.10 * m if better == "lo" else d >= 0.90 * m
+        out.append(
+            (
+                f"within 10% of minimal: {label}",
+                ok,
+                f"{d / m:.3f}x ({fmt(d, 0)} vs {fmt(m, 0)} {unit})",
+            )
+        )
+    lat = fig.get("lat_c1_p50", {})
+    if "dynllm" in lat:
+        added = lat["dynllm"] - lat["direct"]
+        out.append(("added p50 latency c=1 <= 1.5 ms", added <= 1.5, f"{added:.3f} ms"))
+    for n in (1, 64):
+        tok = fig.get(f"tok_s_paced_{n}", {})
+        if "dynllm" in tok:
+            r = tok["dynllm"] / tok["direct"]
+            out.append(
+                (f"paced tokens/s >= 99% of direct, {n} stream(s)", r >= 0.99, f"{r * 100:.2f}%")
+            )
+    cold = fig.get("cold_overhead_ms", {}).get("dynllm")
+    if cold is not None:
+        out.append(("cold-start overhead <= 50 ms", cold <= 50, f"{cold:.1f} ms"))
+    return out
+
+
+def report(fig: dict[str, dict[str, Any]], raw: dict[str, Any]) -> str:
+    lines = []
+    hdr = f"{'figure':32} {'unit':6}" + "".join(
+        h.rjust(10) for h in ("direct", "minimal", "dynllm", "+min", "+dyn", "dyn/min", "+dyn/+min")
+    )
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    for key, label, unit, _better, _ in ROWS:
+        v = fig.get(key)
+        if not v:
+            continue
+        d, m, y = v.get("direct"), v.get("minimal"), v.get("dynllm")
+        am = m - d if key in ADDED and m is not None and d is not None else None
+        ay = y - d if key in ADDED and y is not None and d is not None else None
+        ratio = y / m if y is not None and m else None
+        aratio = ay / am if ay is not None and am else None
+        cells = [d, m, y, am, ay]
+        row = f"{label:32} {unit:6}" + "".join(" " + fmt(c) for c in cells)
+        row += f"{ratio:10.3f}" if ratio is not None else "-".rjust(10)
+        row += f"{aratio:10.2f}" if aratio is not None else "-".rjust(10)
+        lines.append(row)
+    ka = raw.get("keepalive")
+    if ka:
+        lines.append("")
+        lines.append(f"keep-alive: {SHORT_STREAM_TOKENS}-token streams, sequential, one client")
+        lines.append(f"{'server':34}{'requests':>9}{'TCP conns':>11}{'req/s':>9}{'ms/req':>9}")
+        for name, r in ka.items():
+            lines.append(
+                f"{name:34}{r['requests']:>9}{r['connections_opened']:>11}"
+                f"{r['req_s']:>9.1f}{r['ms_per_req']:>9.3f}"
+            )
+        for a, bname in (
+            ("dynllm (patched)", "dynllm (unpatched)"),
+            ("minimal (patched)", "minimal (unpatched)"),
+        ):
+            if a in ka and bname in ka:
+                diff = ka[bname]["ms_per_req"] - ka[a]["ms_per_req"]
+                lines.append(f"  {bname} costs {diff:+.3f} ms/request vs {a}")
+    lines.append("")
+    for label, ok, detail in judge(fig):
+        lines.append(f"{'PASS' if ok else 'FAIL'}  {label}: {detail}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def busy_check() -> None:
+    mine = os.getpid()
+    others = [
+        line
+        for line in subprocess.run(
+            ["pgrep", "-fa", "pytest"], capture_output=True, text=True
+        ).stdout.splitlines()
+        if not line.startswith(f"{mine} ")
+    ]
+    if others:
+        print("warning: pytest is running; figures will be disturbed:", file=sys.stderr)
+        for line in others:
+            print("  " + line, file=sys.stderr)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short durations (under a minute)")
+    ap.add_argument("--out", help="JSON result file (default bench/results/<timestamp>.json)")
+    args = ap.parse_args()
+    busy_check()
+    started = time.time()
+    b = Bench(args.quick)
+    left: list[int] = []
+    fig: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
+    try:
+
+        def step(what: str) -> None:
+            print(f"[{time.time() - started:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+        step("starting backends, minimal relays and DynLLM")
+        fast, fast_port = b.start_fake("direct-fast", "fast")
+        paced, paced_port = b.start_fake("direct-paced", "paced")
+        b.ports["direct"] = {"fast": fast_port, "paced": paced_port}
+        b.pids["direct"] = {"backend": fast.pid}
+        mfast, mfast_port = b.start_minimal("minimal-fast", fast_port)
+        mpaced, mpaced_port = b.start_minimal("minimal-paced", paced_port)
+        b.ports["minimal"] = {"fast": mfast_port, "paced": mpaced_port}
+        b.pids["minimal"] = {"backend": fast.pid, "proxy": mfast.pid}
+        dyn, dyn_port = b.start_dynllm("dynllm", b.tmp / "dynllm", 19400)
+        for model in ("fast", "paced"):  # warm: the first request loads the backend
+            http_json(
+                dyn_port, "POST", "/v1/chat/completions", json.loads(chat_body(model, False, 1))
+            )
+        admin = {m["name"]: m for m in http_json(dyn_port, "GET", "/admin/models")["models"]}
+        b.ports["dynllm"] = {"fast": dyn_port, "paced": dyn_port}
+        b.pids["dynllm"] = {"backend": admin["fast"]["pid"], "proxy": dyn.pid}
+        # the minimal relay's paced instance is idle during the fast runs and vice versa
+        for t in TARGETS:  # warm every path (pools, imports, first-request costs)
+            for model in ("fast", "paced"):
+                http_json(
+                    b.ports[t][model],
+                    "POST",
+                    "/v1/chat/completions",
+                    json.loads(chat_body(model, False, 1)),
+                )
+        r = Runner(b)
+        r.idle_rss()
+        step("non-stream, concurrency 1")
+        r.nonstream(1)
+        step("non-stream, concurrency 16")
+        r.nonstream(16)
+        step("unpaced streams, 1")
+        r.streams(1, paced=False)
+        step("unpaced streams, 64")
+        r.streams(64, paced=False)
+        b.pids["minimal"]["proxy"] = mpaced.pid  # RSS of the relay serving paced streams
+        b.pids["minimal"]["backend"] = paced.pid
+        b.pids["direct"]["backend"] = paced.pid
+        b.pids["dynllm"]["backend"] = admin["paced"]["pid"]
+        step("paced streams, 1")
+        r.streams(1, paced=True)
+        step("paced streams, 64")
+        r.streams(64, paced=True)
+        step("cold start")
+        r.cold_start(dyn_port)
+        step("keep-alive check")
+        nopatch, nopatch_port = b.start_minimal("minimal-nopatch", fast_port, patch=False)
+        dyn2, dyn2_port = b.start_dynllm("dynllm-nopatch", b.tmp / "dynllm2", 19450, patch=False)
+        r.keepalive(
+            {
+                "direct (fake backend)": fast_port,
+                "minimal (patched)": mfast_port,
+                "minimal (unpatched)": nopatch_port,
+                "dynllm (patched)": dyn_port,
+                "dynllm (unpatched)": dyn2_port,
+            }
+        )
+        fig, raw = r.fig, r.raw
+        step("stopping everything")
+    finally:
+        left = b.stop_all()
+    table = report(fig, raw)
+    print(table)
+    if left:
+        print(f"FAIL  processes left behind (killed): {left}")
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "quick": args.quick,
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "figures": fig,
+        "judgement": [{"check": c, "pass": ok, "detail": d} for c, ok, d in judge(fig)],
+        "raw": raw,
+        "table": table,
+        "leftover_processes": left,
+        "elapsed_s": time.time() - started,
+    }
+    out = Path(args.out) if args.out else BENCH / "results" / time.strftime("%Y%m%d-%H%M%S.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\nsaved {out} ({time.time() - started:.0f}s)")
+    shutil.rmtree(b.tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
