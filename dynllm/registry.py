@@ -488,12 +488,10 @@ class ModelRegistry:
             m.last_error = message
             if m.state is State.LOADING:
                 self._set_state(m, State.FAILED, what)
-            elif m.state in STOPPED:  # never reached loading (eviction wait, shutdown)
-                if m.state is State.UNLOADED and not isinstance(exc, Cancelled):
-                    self._set_state(m, State.LOADING, "requested")
-                    self._set_state(m, State.FAILED, what)
-                else:
-                    self._queue_row(m, f"model={m.name} load failed: {what}")
+            elif m.state is State.UNLOADED and not isinstance(exc, Cancelled):
+                self._set_state(m, State.FAILED, what)  # failed before a process existed
+            elif m.state is State.FAILED:
+                self._queue_row(m, f"model={m.name} load failed again: {what}")
         if isinstance(exc, Cancelled):
             return ShuttingDown(what)
         return LoadFailed(message)

@@ -22,8 +22,9 @@ class State(StrEnum):
 
 #: Allowed moves.  Anything not listed raises :class:`IllegalTransition`.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    # A request (or preload) decided to start the backend.
-    State.UNLOADED: frozenset({State.LOADING}),
+    # A request (or preload) decided to start the backend; or the load failed
+    # before any process existed (no free port, evicted models never exited).
+    State.UNLOADED: frozenset({State.LOADING, State.FAILED}),
     # Ready; or it failed/timed out (process already reaped); or shutdown
     # arrived while it was starting.
     State.LOADING: frozenset({State.LOADED, State.FAILED, State.UNLOADING}),

@@ -166,3 +166,40 @@ def test_streams_keep_the_client_connection_alive(dynllm, spec) -> None:
         local_ports.append(conn.sock.getsockname()[1])
     assert len(set(local_ports)) == 1  # one TCP connection carried all three streams
     conn.close()
+
+
+def test_declared_vram_never_exceeds_budget_under_concurrent_churn(dynllm, spec) -> None:
+    names = ["a", "b", "c"]
+    d = dynllm([spec(n, 400, load_delay=0.05, token_delay=0.01, tokens=5) for n in names])
+    stop = threading.Event()
+    worst = {"used": 0}
+    statuses: list[int] = []
+
+    def sample() -> None:
+        while not stop.is_set():
+            snap = d.get("/admin/models").json()
+            held = sum(
+                m["vram_mb"]
+                for m in snap["models"]
+                if m["state"] in ("loading", "loaded", "unloading")
+            )
+            worst["used"] = max(worst["used"], held, snap["used_vram_mb"])
+
+    def client(i: int) -> None:
+        for j in range(6):
+            r = d.chat(names[(i + j) % 3], stream=bool(j % 2), max_tokens=5)
+            statuses.append(r.status_code)
+            if r.status_code == 200 and j % 2:
+                assert sse_events(r)[-1] == "[DONE]"
+            elif r.status_code == 503:
+                assert r.headers.get("Retry-After")
+            r.close()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with cf.ThreadPoolExecutor(8) as pool:
+        list(pool.map(client, range(8)))
+    stop.set()
+    sampler.join()
+    assert worst["used"] <= 1000
+    assert set(statuses) <= {200, 503} and statuses.count(200) > len(statuses) // 2

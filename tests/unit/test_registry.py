@@ -57,6 +57,9 @@ class StubProcess:
         return 0.001
 
     def stop(self, grace: float) -> int:
+        gate = self.behaviour.get("stop_gate")
+        if gate is not None:
+            gate.wait(5)
         self.stopped = True
         self.code = 0 if self.code is None else self.code
         return self.code
@@ -329,3 +332,39 @@ def test_shutdown_stops_everything_and_refuses_new_work(env) -> None:
     assert all(p.stopped for p in launcher.started)
     with pytest.raises(Exception, match="shutting down"):
         reg.acquire("a")
+
+
+def test_new_model_starts_only_after_its_victim_has_exited(env) -> None:
+    reg, launcher, clock = env([("a", 600), ("b", 600)])
+    exit_gate = threading.Event()
+    launcher.plan["a"] = {"stop_gate": exit_gate}
+    reg.acquire("a").release()
+    clock.now += 1
+    t = threading.Thread(target=lambda: reg.acquire("b").release())
+    t.start()
+    snap = None
+    for _ in range(200):
+        snap = reg.snapshot()
+        if snap["models"][0]["state"] == "unloading":
+            break
+        threading.Event().wait(0.005)
+    states = {m["name"]: m["state"] for m in snap["models"]}
+    assert states == {"a": "unloading", "b": "unloaded"}
+    assert snap["models"][1]["pending_load"] is True
+    assert snap["used_vram_mb"] == 600 <= snap["total_vram_mb"]
+    assert len(launcher.started) == 1  # b not spawned while a still holds its memory
+    exit_gate.set()
+    t.join(5)
+    assert reg.states() == {"a": "unloaded", "b": "loaded"}
+    assert reg.snapshot()["used_vram_mb"] == 600
+
+
+def test_no_free_port_fails_before_any_process(env) -> None:
+    reg, launcher, _ = env(
+        [("a", 10), ("b", 10)], backend={"port_range_start": 9100, "port_range_end": 9101}
+    )
+    reg._ports._taken.update({9100, 9101})  # both ports held by (imaginary) others
+    with pytest.raises(LoadFailed, match="no free port"):
+        reg.acquire("a")
+    assert reg.state_of("a") is State.FAILED
+    assert launcher.started == []

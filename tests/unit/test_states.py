@@ -8,6 +8,7 @@ from dynllm.states import HOLDS_VRAM, TRANSITIONS, IllegalTransition, State, che
 
 LEGAL = {
     (State.UNLOADED, State.LOADING),
+    (State.UNLOADED, State.FAILED),
     (State.LOADING, State.LOADED),
     (State.LOADING, State.FAILED),
     (State.LOADING, State.UNLOADING),
