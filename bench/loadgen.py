@@ -14,6 +14,12 @@ Spec keys:
   warmup, duration               seconds; only what completes (or, for events, arrives)
                                  inside [start+warmup, start+warmup+duration] counts
   max_requests                   stop after this many requests in all (optional)
+  stagger                        seconds over which the connections' first requests are
+                                 spread (streams not in lockstep)                     [0]
+  drain                          after the window, let in-flight responses finish
+                                 instead of cutting them (a cut stream is a client
+                                 abort, which is not what is being measured)        [true]
+  drain_timeout                  give up draining after this long: "stalled"          [30]
   gaps                           record inter-event gaps per stream (paced streams)
   cpu_pids {label: pid}          CPU seconds of these processes over the window
   rss_pids {label: pid}          VmRSS of these processes, sampled every 0.25 s, max kept
@@ -120,6 +126,10 @@ class Conn:
             data = b""
         now = time.perf_counter()
         if not data:
+            if self.state == "eof":  # body delimited by the connection's end
+                self.drop()
+                self.lg.finished(self, now, ok=True)
+                return
             if not self.got_bytes and self.state == "head":
                 # closed by the server between requests (keep-alive refused): retry
                 self.drop()
@@ -140,18 +150,20 @@ class Conn:
         """Count server-sent events (each ends with a blank line) as body bytes arrive."""
         joined = self.tail + chunk
         n = joined.count(b"\n\n")
-        self.tail = joined[-1:] if joined[-1:] == b"\n" and not joined.endswith(b"\n\n") else b""
-        if n:
-            lg = self.lg
-            if lg.in_window(now):
-                lg.window_events += n
-                if lg.want_gaps and self.last_event_at:
+        self.tail = b"\n" if joined.endswith(b"\n") and not joined.endswith(b"\n\n") else b""
+        if not n:
+            return
+        lg = self.lg
+        if lg.t0 <= now <= lg.t1:
+            lg.window_events += n
+            if lg.want_gaps:
+                if self.last_event_at:
                     lg.gaps.append(now - self.last_event_at)
-                    lg.gaps.extend([0.0] * (n - 1))
+                lg.gaps.extend([0.0] * (n - 1))  # arrived together with the first
             if not self.events:
-                lg.ttft.append(now - self.sent_at) if lg.in_window(now) else None
-            self.events += n
-            self.last_event_at = now
+                lg.ttft.append(now - self.sent_at)
+        self.events += n
+        self.last_event_at = now
 
     def parse(self, now: float) -> None:
         buf = self.buf
@@ -249,6 +261,9 @@ class LoadGen:
         self.duration = float(spec.get("duration", 1.0))
         self.max_requests = spec.get("max_requests")
         self.want_gaps = bool(spec.get("gaps", False))
+        self.stagger = float(spec.get("stagger", 0.0))
+        self.drain = bool(spec.get("drain", True))
+        self.drain_timeout = float(spec.get("drain_timeout", 30.0))
         self.cpu_pids = {k: int(v) for k, v in (spec.get("cpu_pids") or {}).items()}
         self.rss_pids = {k: int(v) for k, v in (spec.get("rss_pids") or {}).items()}
         self.sel = selectors.DefaultSelector()
@@ -265,26 +280,18 @@ class LoadGen:
         self.total_requests = 0
         self.started = 0
         self.t0 = self.t1 = 0.0
-        self.stopping = False
-
-    def in_window(self, now: float) -> bool:
-        return self.t0 <= now <= self.t1
 
     def finished(self, c: Conn, now: float, ok: bool) -> None:
         self.total_requests += 1
-        if ok and self.in_window(now) and c.sent_at >= self.t0:
+        if ok and self.t0 <= now <= self.t1:
             self.window_requests += 1
-            self.latencies.append(now - c.sent_at)
-            self.ttfb.append(c.first_at - c.sent_at)
-        elif ok and self.in_window(now):
-            self.window_requests += 1
+            if c.sent_at >= self.t0:  # latency only for requests wholly inside the window
+                self.latencies.append(now - c.sent_at)
+                self.ttfb.append(c.first_at - c.sent_at)
         if c.close_after and c.sock is not None:
             c.drop()
-        if self.stopping or now > self.t1:
-            c.drop()
-            return
-        if self.max_requests is not None and self.started >= self.max_requests:
-            c.drop()
+        if now > self.t1 or (self.max_requests is not None and self.started >= self.max_requests):
+            c.drop()  # a finished response: closing now cuts nothing
             return
         self.started += 1
         c.send_request()
@@ -294,44 +301,59 @@ class LoadGen:
         start = time.perf_counter()
         self.t0 = start + self.warmup
         self.t1 = self.t0 + self.duration
-        cpu0 = cpu1 = None
+        # conn i starts at start + i * stagger / conns, so streams are not in lockstep
+        pending = [(start + i * self.stagger / self.n_conns, c) for i, c in enumerate(conns)]
+        cpu0: dict[str, float] | None = None
+        cpu1: dict[str, float] | None = None
         self_cpu0 = self_cpu1 = 0.0
         rss_max = dict.fromkeys(self.rss_pids, 0)
         next_rss = self.t0
-        for c in conns:
-            if self.max_requests is not None and self.started >= self.max_requests:
-                break
-            self.started += 1
-            c.send_request()
+        stalled = False
         sel = self.sel
         while True:
             now = time.perf_counter()
+            while pending and pending[0][0] <= now and now < self.t1:
+                _, c = pending.pop(0)
+                if self.max_requests is None or self.started < self.max_requests:
+                    self.started += 1
+                    c.send_request()
             if cpu0 is None and now >= self.t0:
                 cpu0 = {k: proc_cpu(p) for k, p in self.cpu_pids.items()}
                 self_cpu0 = self_cpu()
-            if now >= next_rss and now <= self.t1 and self.rss_pids:
+            if self.rss_pids and self.t0 <= now <= self.t1 and now >= next_rss:
                 for k, p in self.rss_pids.items():
                     rss_max[k] = max(rss_max[k], proc_rss_kb(p))
                 next_rss = now + 0.25
-            if now >= self.t1:
+            if cpu1 is None and now >= self.t1:
+                cpu1 = {k: proc_cpu(p) for k, p in self.cpu_pids.items()}
+                self_cpu1 = self_cpu()
+                if not self.drain:
+                    break
+            if now >= self.t1 + self.drain_timeout:
+                stalled = bool(sel.get_map())
                 break
-            if not sel.get_map():
+            if not sel.get_map() and (not pending or now >= self.t1):
                 break
-            timeout = min(self.t1, next_rss if self.rss_pids else self.t1) - now
+            wake = [self.t1 if cpu1 is None else self.t1 + self.drain_timeout]
             if cpu0 is None:
-                timeout = min(timeout, self.t0 - now)
-            for key, _ in sel.select(max(0.0, timeout)):
+                wake.append(self.t0)
+            if pending:
+                wake.append(pending[0][0])
+            if self.rss_pids and now < self.t1:
+                wake.append(next_rss)
+            for key, _ in sel.select(max(0.0, min(wake) - now)):
                 key.data.on_readable()
         end = time.perf_counter()
-        cpu1 = {k: proc_cpu(p) for k, p in self.cpu_pids.items()}
-        self_cpu1 = self_cpu()
         if cpu0 is None:
-            cpu0 = cpu1
-            self_cpu0 = self_cpu1
-        self.stopping = True
+            cpu0 = {k: proc_cpu(p) for k, p in self.cpu_pids.items()}
+            self_cpu0 = self_cpu()
+        if cpu1 is None:
+            cpu1 = {k: proc_cpu(p) for k, p in self.cpu_pids.items()}
+            self_cpu1 = self_cpu()
+        in_flight = sum(1 for c in conns if c.sock is not None)
         for c in conns:
             c.drop()
-        window = max(1e-9, min(end, self.t1) - self.t0) if end > self.t0 else 1e-9
+        window = max(1e-9, min(end, self.t1) - self.t0)
         return {
             "window_s": window,
             "requests": self.window_requests,
@@ -345,6 +367,8 @@ class LoadGen:
             "reconnects_after_close": self.reconnects_after_close,
             "errors": self.errors,
             "bad_status": self.bad_status,
+            "cut_in_flight": in_flight,
+            "stalled": stalled,
             "cpu": {k: cpu1[k] - cpu0[k] for k in cpu1},
             "client_cpu": self_cpu1 - self_cpu0,
             "rss_kb": rss_max,

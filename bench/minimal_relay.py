@@ -67,14 +67,14 @@ def make_app(backend: str, threads: int) -> Flask:
             timeout=(10, 600),
         )
         headers = [(k, v) for k, v in up.raw.headers.items() if k.lower() in PASS_HEADERS]
-        out = Response(
-            up.raw.stream(64 * 1024, decode_content=False),
-            status=up.status_code,
-            headers=headers,
-            direct_passthrough=True,
-        )
-        out.call_on_close(up.close)
-        return out
+
+        def body():  # close() (done or client gone) closes the upstream response
+            try:
+                yield from up.raw.stream(64 * 1024, decode_content=False)
+            finally:
+                up.close()
+
+        return Response(body(), status=up.status_code, headers=headers, direct_passthrough=True)
 
     return app
 

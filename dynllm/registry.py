@@ -18,16 +18,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .backends import Backend, Probe, get_backend
+from .backends import Backend, get_backend
 from .config import Config, ModelConfig
 from .errors import (
     DynLLMError,
@@ -41,13 +38,21 @@ from .errors import (
 from .eviction import Resident, plan_eviction
 from .ports import NoFreePort, PortPool
 from .process import (
-    BackendProcess,
     Cancelled,
     ProcessExited,
     ReadyTimeout,
     describe_returncode,
     kill_leftover,
     log_tail,
+)
+from .records import (
+    Attempt,
+    Launcher,
+    Lease,
+    ModelRecord,
+    ProcessLike,
+    default_launcher,
+    safe_filename,
 )
 from .states import HOLDS_VRAM, STOPPED, State, check_transition
 from .store import ModelRow, Store
@@ -60,102 +65,12 @@ RETRY_AFTER_SECONDS = 5
 TAIL_LINES = 20
 
 
-class ProcessLike(Protocol):
-    argv: list[str]
-    log_path: Path
-
-    @property
-    def pid(self) -> int: ...
-    def start(self) -> None: ...
-    def poll(self) -> int | None: ...
-    def watch(self, on_exit: Callable[[Any, int], None]) -> Any: ...
-    def wait_ready(
-        self,
-        port: int,
-        probe: Probe,
-        timeout: float,
-        interval: float = ...,
-        cancel: threading.Event | None = ...,
-    ) -> float: ...
-    def stop(self, grace: float) -> int: ...
-
-
-Launcher = Callable[[list[str], Path, dict[str, str]], ProcessLike]
-
-
-def _default_launcher(argv: list[str], log_path: Path, env: dict[str, str]) -> ProcessLike:
-    return BackendProcess(argv, log_path, env)
-
-
-@dataclass
-class _Attempt:
-    """One load, shared by every request that waits for it (single-flight)."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    error: DynLLMError | None = None
-
-
-@dataclass
-class _Model:
-    cfg: ModelConfig
-    backend: Backend
-    log_path: Path
-    state: State = State.UNLOADED
-    proc: ProcessLike | None = None
-    port: int | None = None
-    leases: int = 0
-    attempt: _Attempt | None = None
-    #: The pending attempt has reserved VRAM but is not ``loading`` yet.
-    reserved: bool = False
-    generation: int = 0
-    load_order: float = 0.0
-    loaded_at: float | None = None
-    last_used: float = 0.0  # monotonic
-    last_used_at: float | None = None  # wall clock, for people
-    last_error: str | None = None
-    changed: float = field(default_factory=time.monotonic)
-    seq: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-
-class Lease:
-    """The right to send requests to a loaded model; the model is busy while held.
-
-    Released exactly once, however many times :meth:`release` is called.
-    """
-
-    __slots__ = ("_registry", "name", "port", "generation", "_released")
-
-    def __init__(self, registry: ModelRegistry, name: str) -> None:
-        self._registry = registry
-        self.name = name
-        self.port: int = 0
-        self.generation = 0
-        self._released = False
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._registry._release(self)
-
-
-def _safe_filename(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "model"
-
-
 class ModelRegistry:
     def __init__(
         self,
         config: Config,
         store: Store | None = None,
-        launcher: Launcher = _default_launcher,
+        launcher: Launcher = default_launcher,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -169,12 +84,12 @@ class ModelRegistry:
         self._cancel = threading.Event()
         self._ports = PortPool(config.backend.port_range_start, config.backend.port_range_end)
         log_dir = config.log_dir()
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, ModelRecord] = {}
         for m in config.models:
-            self._models[m.name] = _Model(
+            self._models[m.name] = ModelRecord(
                 cfg=m,
-                backend=_backend_or_none(m.backend),  # type: ignore[arg-type]
-                log_path=log_dir / f"{_safe_filename(m.name)}.log",
+                backend=_backend_or_none(m.backend),
+                log_path=log_dir / f"{safe_filename(m.name)}.log",
             )
         if store is not None:
             rows = store.load_all()
@@ -204,7 +119,7 @@ class ModelRegistry:
                 except Exception:
                     log.exception("could not write model state to %s", self._store.path)
 
-    def _set_state(self, m: _Model, new: State, reason: str) -> None:
+    def _set_state(self, m: ModelRecord, new: State, reason: str) -> None:
         """The one place a state changes: checked, logged and persisted (lock held)."""
         check_transition(m.state, new)
         now = self._clock()
@@ -217,7 +132,7 @@ class ModelRegistry:
         self._queue_row(m, line)
         self._cond.notify_all()
 
-    def _queue_row(self, m: _Model, line: str = "") -> None:
+    def _queue_row(self, m: ModelRecord, line: str = "") -> None:
         m.seq += 1
         proc = m.proc
         self._pending.append(
@@ -242,7 +157,7 @@ class ModelRegistry:
 
     # ------------------------------------------------------------- accounting
 
-    def _used_mb(self, exclude: _Model | None = None) -> int:
+    def _used_mb(self, exclude: ModelRecord | None = None) -> int:
         """VRAM counted right now: loading, loaded and unloading models."""
         return sum(
             m.cfg.vram_mb
@@ -288,7 +203,7 @@ class ModelRegistry:
             )
         deadline = time.monotonic() + timeout
         while True:
-            victims: list[_Model] = []
+            victims: list[ModelRecord] = []
             start_load = False
             with self._locked():
                 if self._closing:
@@ -317,14 +232,14 @@ class ModelRegistry:
                 ).start()
             return self._await_load(m, attempt, lease, deadline)
 
-    def _new_lease(self, m: _Model) -> Lease:
+    def _new_lease(self, m: ModelRecord) -> Lease:
         lease = Lease(self, m.name)
         lease.port = m.port or 0
         lease.generation = m.generation
         m.leases += 1
         return lease
 
-    def _await_load(self, m: _Model, attempt: _Attempt, lease: Lease, deadline: float) -> Lease:
+    def _await_load(self, m: ModelRecord, attempt: Attempt, lease: Lease, deadline: float) -> Lease:
         ok = attempt.done.wait(max(0.0, deadline - time.monotonic()))
         with self._locked():
             if ok and attempt.error is None and m.state is State.LOADED:
@@ -347,7 +262,7 @@ class ModelRegistry:
                 m.last_used_at = time.time()
                 self._cond.notify_all()
 
-    def _check_startable(self, m: _Model) -> None:
+    def _check_startable(self, m: ModelRecord) -> None:
         budget = self.config.total_vram_mb
         if m.cfg.vram_mb > budget:
             raise ModelUnavailable(
@@ -366,7 +281,7 @@ class ModelRegistry:
                 f"model file for '{m.name}' not found: {m.cfg.path}", code="model_file_missing"
             )
 
-    def _plan_load(self, m: _Model) -> list[_Model]:
+    def _plan_load(self, m: ModelRecord) -> list[ModelRecord]:
         """Decide (lock held) to load ``m``: reserve its VRAM and mark victims unloading."""
         residents = [
             Resident(x.name, x.cfg.vram_mb, x.load_order, busy=x.leases > 0)
@@ -387,13 +302,13 @@ class ModelRegistry:
         victims = [self._models[n] for n in names]
         for v in victims:
             self._set_state(v, State.UNLOADING, f"evicted for {m.name}")
-        m.attempt = _Attempt()
+        m.attempt = Attempt()
         m.reserved = True
         return victims
 
     # ------------------------------------------------------------------ loading
 
-    def _run_load(self, m: _Model, attempt: _Attempt, victims: list[_Model]) -> None:
+    def _run_load(self, m: ModelRecord, attempt: Attempt, victims: list[ModelRecord]) -> None:
         """Body of a load thread: stop victims, wait for room, spawn, wait ready."""
         proc: ProcessLike | None = None
         port: int | None = None
@@ -441,7 +356,7 @@ class ModelRegistry:
                 self._cond.notify_all()
             attempt.done.set()
 
-    def _wait_for_room(self, m: _Model, deadline: float) -> None:
+    def _wait_for_room(self, m: ModelRecord, deadline: float) -> None:
         """Wait until evicted processes have exited, then mark ``m`` loading."""
         with self._locked():
             while self._used_mb(exclude=m) + m.cfg.vram_mb > self.config.total_vram_mb:
@@ -460,7 +375,7 @@ class ModelRegistry:
 
     def _fail_load(
         self,
-        m: _Model,
+        m: ModelRecord,
         proc: ProcessLike | None,
         port: int | None,
         exc: BaseException,
@@ -498,7 +413,7 @@ class ModelRegistry:
 
     # --------------------------------------------------------------- stopping
 
-    def _on_exit(self, m: _Model, proc: ProcessLike, code: int) -> None:
+    def _on_exit(self, m: ModelRecord, proc: ProcessLike, code: int) -> None:
         """Watcher callback: a backend process ended (for whatever reason)."""
         tail = log_tail(m.log_path, TAIL_LINES)
         with self._locked():
@@ -510,7 +425,7 @@ class ModelRegistry:
             m.last_error = what + (f"\n--- last lines of {m.log_path} ---\n{tail}" if tail else "")
             self._set_state(m, State.FAILED, what)
 
-    def _stop(self, m: _Model) -> None:
+    def _stop(self, m: ModelRecord) -> None:
         """Stop a model already marked ``unloading`` and mark it ``unloaded``."""
         proc = m.proc
         code = proc.stop(self.config.backend.stop_timeout_seconds) if proc is not None else None
@@ -521,7 +436,7 @@ class ModelRegistry:
             if m.state is State.UNLOADING:
                 self._set_state(m, State.UNLOADED, f"process exited ({describe_returncode(code)})")
 
-    def _stop_many(self, models: list[_Model]) -> None:
+    def _stop_many(self, models: list[ModelRecord]) -> None:
         if len(models) == 1:
             self._stop(models[0])
             return
@@ -572,7 +487,7 @@ class ModelRegistry:
         """
         if now is None:
             now = self._clock()
-        victims: list[_Model] = []
+        victims: list[ModelRecord] = []
         with self._locked():
             for m in self._models.values():
                 if m.state is not State.LOADED or m.leases or m.attempt is not None:

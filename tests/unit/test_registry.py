@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,13 @@ class Launcher:
         return [p for p in self.started if p.argv[p.argv.index("--alias") + 1] == name]
 
 
+def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.002)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -152,6 +160,7 @@ def test_single_flight_under_concurrency(env) -> None:
     threads = [threading.Thread(target=worker) for _ in range(10)]
     for t in threads:
         t.start()
+    _until(lambda: reg.snapshot()["models"][0]["in_flight"] == 10)  # all ten share one load
     gate.set()
     for t in threads:
         t.join(5)
@@ -175,6 +184,7 @@ def test_failed_load_gives_every_waiter_the_same_error_then_retries(env) -> None
     threads = [threading.Thread(target=worker) for _ in range(5)]
     for t in threads:
         t.start()
+    _until(lambda: reg.snapshot()["models"][0]["in_flight"] == 5)  # all five are waiting
     gate.set()
     for t in threads:
         t.join(5)
@@ -342,12 +352,8 @@ def test_new_model_starts_only_after_its_victim_has_exited(env) -> None:
     clock.now += 1
     t = threading.Thread(target=lambda: reg.acquire("b").release())
     t.start()
-    snap = None
-    for _ in range(200):
-        snap = reg.snapshot()
-        if snap["models"][0]["state"] == "unloading":
-            break
-        threading.Event().wait(0.005)
+    _until(lambda: reg.state_of("a") is State.UNLOADING)
+    snap = reg.snapshot()
     states = {m["name"]: m["state"] for m in snap["models"]}
     assert states == {"a": "unloading", "b": "unloaded"}
     assert snap["models"][1]["pending_load"] is True

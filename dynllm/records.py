@@ -1,0 +1,114 @@
+"""The registry's records: one per model, one per load, one per request (lease).
+
+Plain data; only :class:`~dynllm.registry.ModelRegistry` reads or changes them,
+and only while holding its lock.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .backends import Backend, Probe
+from .config import ModelConfig
+from .errors import DynLLMError
+from .process import BackendProcess
+from .states import State
+
+if TYPE_CHECKING:
+    from .registry import ModelRegistry
+
+
+class ProcessLike(Protocol):
+    argv: list[str]
+    log_path: Path
+
+    @property
+    def pid(self) -> int: ...
+    def start(self) -> None: ...
+    def poll(self) -> int | None: ...
+    def watch(self, on_exit: Callable[[Any, int], None]) -> Any: ...
+    def wait_ready(
+        self,
+        port: int,
+        probe: Probe,
+        timeout: float,
+        interval: float = ...,
+        cancel: threading.Event | None = ...,
+    ) -> float: ...
+    def stop(self, grace: float) -> int: ...
+
+
+Launcher = Callable[[list[str], Path, dict[str, str]], ProcessLike]
+
+
+def default_launcher(argv: list[str], log_path: Path, env: dict[str, str]) -> ProcessLike:
+    return BackendProcess(argv, log_path, env)
+
+
+@dataclass
+class Attempt:
+    """One load, shared by every request that waits for it (single-flight)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: DynLLMError | None = None
+
+
+@dataclass
+class ModelRecord:
+    cfg: ModelConfig
+    backend: Backend | None
+    log_path: Path
+    state: State = State.UNLOADED
+    proc: ProcessLike | None = None
+    port: int | None = None
+    leases: int = 0
+    attempt: Attempt | None = None
+    #: The pending attempt has reserved VRAM but is not ``loading`` yet.
+    reserved: bool = False
+    generation: int = 0
+    load_order: float = 0.0
+    loaded_at: float | None = None
+    last_used: float = 0.0  # monotonic
+    last_used_at: float | None = None  # wall clock, for people
+    last_error: str | None = None
+    changed: float = field(default_factory=time.monotonic)
+    seq: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+
+class Lease:
+    """The right to send requests to a loaded model; the model is busy while held.
+
+    Released exactly once, however many times :meth:`release` is called.
+    """
+
+    __slots__ = ("_registry", "name", "port", "generation", "_released")
+
+    def __init__(self, registry: ModelRegistry, name: str) -> None:
+        self._registry = registry
+        self.name = name
+        self.port: int = 0
+        self.generation = 0
+        self._released = False
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._registry._release(self)
+
+
+def safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "model"
