@@ -121,6 +121,7 @@ class RelayBody:
         ctype = resp.headers.get("content-type", "")
         self._sse = ctype.startswith("text/event-stream")
         self._done = False
+        self._complete = False
         self._closed = False
 
     def __iter__(self) -> RelayBody:
@@ -132,7 +133,7 @@ class RelayBody:
         try:
             return next(self._it)
         except StopIteration:
-            self._done = True
+            self._done = self._complete = True
             raise
         except (requests.RequestException, Urllib3HTTPError, OSError) as exc:
             self._done = True
@@ -148,7 +149,13 @@ class RelayBody:
             return
         self._closed = True
         try:
-            self._resp.close()
+            if self._complete:
+                # Read to the end: the connection goes back to the pool.
+                self._resp.raw.release_conn()
+            else:
+                # Client gone or backend failed mid-body: drop the connection,
+                # which is what tells the backend to stop generating.
+                self._resp.close()
         finally:
             self._lease.release()
 
