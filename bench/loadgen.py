@@ -276,6 +276,8 @@ class LoadGen:
         self.ttft: list[float] = []
         self.gaps: list[float] = []
         self.window_events = 0
+        self.stream_events = 0  # events of responses wholly inside the window ...
+        self.stream_time = 0.0  # ... and the sum of their durations (send to last byte)
         self.window_requests = 0
         self.total_requests = 0
         self.started = 0
@@ -288,6 +290,8 @@ class LoadGen:
             if c.sent_at >= self.t0:  # latency only for requests wholly inside the window
                 self.latencies.append(now - c.sent_at)
                 self.ttfb.append(c.first_at - c.sent_at)
+                self.stream_events += c.events
+                self.stream_time += now - c.sent_at
         if c.close_after and c.sock is not None:
             c.drop()
         if now > self.t1 or (self.max_requests is not None and self.started >= self.max_requests):
@@ -359,6 +363,8 @@ class LoadGen:
             "requests": self.window_requests,
             "total_requests": self.total_requests,
             "events": self.window_events,
+            "stream_events": self.stream_events,
+            "stream_time": self.stream_time,
             "latencies": self.latencies,
             "ttfb": self.ttfb,
             "ttft": self.ttft,

@@ -35,32 +35,38 @@ LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 FAKE_READY = re.compile(r"server is listening on http://([\d.]+):(\d+)")
 
 UNPACED_TOKENS = 2000  # tokens per unpaced stream: the relay's ceiling
-PACED_TOKENS = 100  # tokens per paced stream (2 s at 50 tokens/s)
+PACED_TOKENS = 50  # tokens per paced stream (1 s at 50 tokens/s)
 PACED_DELAY = 0.02  # seconds per token: 50 tokens/s per stream
 NONSTREAM_TOKENS = 16
 SHORT_STREAM_TOKENS = 8  # keep-alive check: short streams expose per-request cost
 BACKEND_ARGS = ["-ngl", "-1", "-c", "4096"]  # what DynLLM passes (llama.cpp defaults)
 
-# durations (warmup, measured) in seconds; --quick uses QUICK
+# (warmup, measured window) in seconds per round; rounds are interleaved across targets
 FULL = {
-    "ns1": (0.5, 4.0),
-    "ns16": (0.5, 5.0),
-    "un1": (0.5, 3.0),
-    "un64": (1.0, 5.0),
-    "pa1": (0.5, 4.0),
-    "pa64": (1.5, 6.0),
-    "cold_reps": 7,
-    "ka_n": 300,
-}
-QUICK = {
+    "rounds": 3,
     "ns1": (0.3, 1.5),
     "ns16": (0.3, 2.0),
-    "un1": (0.3, 1.0),
-    "un64": (0.5, 2.0),
-    "pa1": (0.3, 2.0),
-    "pa64": (0.8, 2.5),
+    "un1": (0.3, 1.5),
+    "un64": (0.5, 2.5),
+    "pa1": (0.3, 3.5),
+    "pa64": (1.3, 3.0),  # warmup covers the 1 s stagger
+    "cold_reps": 7,
+    "ka_n": 300,
+    "ka_rounds": 3,
+    "storm_rounds": 3,
+}
+QUICK = {
+    "rounds": 1,
+    "ns1": (0.3, 1.0),
+    "ns16": (0.3, 1.0),
+    "un1": (0.3, 0.8),
+    "un64": (0.5, 1.0),
+    "pa1": (0.3, 1.6),
+    "pa64": (1.3, 1.5),
     "cold_reps": 3,
-    "ka_n": 100,
+    "ka_n": 60,
+    "ka_rounds": 1,
+    "storm_rounds": 1,
 }
 TARGETS = ("direct", "minimal", "dynllm")
 
@@ -329,78 +335,115 @@ def median(values: list[float]) -> float:
 
 
 class Runner:
+    """Runs each measurement for every target, round after round, and keeps the samples."""
+
     def __init__(self, b: Bench) -> None:
         self.b = b
+        self.rounds: dict[str, dict[str, list[float]]] = {}  # per-round values
+        self.pools: dict[str, dict[str, list[float]]] = {}  # pooled samples (percentiles)
         self.fig: dict[str, dict[str, Any]] = {}  # figure -> {target: value}
-        self.raw: dict[str, Any] = {}
+        self.raw: dict[str, Any] = {"runs": []}
+        self.dead: dict[str, str] = {}  # target -> why it is no longer measured
+
+    def add(self, figure: str, target: str, value: float) -> None:
+        self.rounds.setdefault(figure, {}).setdefault(target, []).append(value)
+
+    def pool(self, figure: str, target: str, values: list[float]) -> None:
+        self.pools.setdefault(figure, {}).setdefault(target, []).extend(values)
 
     def put(self, figure: str, target: str, value: float) -> None:
         self.fig.setdefault(figure, {})[target] = value
 
-    def spec(self, target: str, key: str, body: str, conns: int, **kw: Any) -> dict[str, Any]:
+    def order(self, rnd: int) -> list[str]:
+        k = rnd % len(TARGETS)  # rotate, so no target always runs first
+        return [t for t in TARGETS[k:] + TARGETS[:k] if t not in self.dead]
+
+    def run_spec(self, target: str, key: str, body: str, conns: int, **kw: Any) -> dict | None:
         warm, dur = self.b.d[key]
         pids = self.b.pids[target]
-        cpu = {"backend": pids["backend"]}
-        if "proxy" in pids:
-            cpu["proxy"] = pids["proxy"]
-        return {
+        cpu = {"backend": pids["backend"], "proxy": pids.get("proxy")}
+        spec = {
             "port": self.b.ports[target][kw.pop("port_key", "fast")],
             "body": body,
             "conns": conns,
             "warmup": warm,
             "duration": dur,
-            "cpu_pids": cpu,
+            "cpu_pids": {k: v for k, v in cpu.items() if v},
+            "drain_timeout": 10.0,
             **kw,
         }
+        r = loadgen(spec)
+        summary = {k: v for k, v in r.items() if k not in ("latencies", "ttfb", "ttft", "gaps")}
+        self.raw["runs"].append({"figure": key, "target": target, **summary})
+        if r["errors"] or r["bad_status"]:
+            print(f"  ! {key}/{target}: errors={r['errors']} {r['bad_status']}", file=sys.stderr)
+        if r["stalled"]:
+            self.dead[target] = f"stopped answering during {key}"
+            print(f"  ! {target} stalled during {key}; not measured further", file=sys.stderr)
+            return None
+        return r
 
-    def nonstream(self, conns: int) -> None:
+    def nonstream(self, rnd: int, conns: int) -> None:
         key = f"ns{conns}"
         body = chat_body("fast", False, NONSTREAM_TOKENS)
-        for t in TARGETS:
-            r = loadgen(self.spec(t, key, body, conns))
-            self.check(r, f"{key}/{t}")
-            lat = [x * 1000 for x in r["latencies"]]
-            self.put(f"lat_c{conns}_p50", t, pct(lat, 50))
-            self.put(f"lat_c{conns}_p99", t, pct(lat, 99))
-            rps = r["requests"] / r["window_s"]
-            self.put(f"rps_c{conns}", t, rps)
+        for t in self.order(rnd):
+            r = self.run_spec(t, key, body, conns)
+            if r is None:
+                continue
+            self.pool(f"lat_c{conns}", t, [x * 1000 for x in r["latencies"]])
+            self.add(f"rps_c{conns}", t, r["requests"] / r["window_s"])
             n = max(1, r["requests"])
-            if conns == 16:
-                self.put("cpu_backend_per_1k", t, r["cpu"]["backend"] / n * 1000)
-                self.put("cpu_client_per_1k", t, r["client_cpu"] / n * 1000)
-                if "proxy" in r["cpu"]:
-                    self.put("cpu_proxy_per_1k", t, r["cpu"]["proxy"] / n * 1000)
-            self.raw[f"{key}/{t}"] = {k: v for k, v in r.items() if k not in ("latencies", "ttfb")}
-            time.sleep(0.3)
+            self.add(f"cpu_backend_per_1k_c{conns}", t, r["cpu"]["backend"] / n * 1000)
+            self.add(f"cpu_client_per_1k_c{conns}", t, r["client_cpu"] / n * 1000)
+            if "proxy" in r["cpu"]:
+                self.add(f"cpu_proxy_per_1k_c{conns}", t, r["cpu"]["proxy"] / n * 1000)
+            time.sleep(0.2)
 
-    def streams(self, conns: int, paced: bool) -> None:
+    def streams(self, rnd: int, conns: int, paced: bool) -> None:
         key = f"{'pa' if paced else 'un'}{conns}"
         model = "paced" if paced else "fast"
         body = chat_body(model, True)
-        for t in TARGETS:
+        stagger = PACED_TOKENS * PACED_DELAY if paced and conns > 1 else 0.0
+        for t in self.order(rnd):
             rss = {"proxy": self.b.pids[t]["proxy"]} if conns >= 64 and t != "direct" else {}
-            r = loadgen(self.spec(t, key, body, conns, port_key=model, gaps=paced, rss_pids=rss))
-            self.check(r, f"{key}/{t}")
-            rate = r["events"] / r["window_s"]
+            r = self.run_spec(
+                t, key, body, conns, port_key=model, gaps=paced, rss_pids=rss, stagger=stagger
+            )
+            if r is None:
+                continue
             if paced:
-                gaps = [x * 1000 for x in r["gaps"] if x > 0.0005]  # coalesced ones excluded
-                self.put(f"tok_s_paced_{conns}", t, rate)
-                self.put(f"gap_p50_paced_{conns}", t, pct(gaps, 50))
-                self.put(f"gap_p99_paced_{conns}", t, pct(gaps, 99))
-                self.put(f"ttft_p50_paced_{conns}", t, pct([x * 1000 for x in r["ttft"]], 50))
+                # per stream: tokens (events minus the finish event and [DONE]) divided by
+                # the time from sending the request to the last byte; times the streams
+                tokens = r["stream_events"] - 2 * len(r["latencies"])
+                rate = tokens / r["stream_time"] if r["stream_time"] else float("nan")
+                self.add(f"tok_s_paced_{conns}", t, rate * conns)
+                self.add(f"tok_s_window_paced_{conns}", t, r["events"] / r["window_s"])
+                # gaps below 0.5 ms are events that arrived together with the previous one
+                self.pool(f"gap_paced_{conns}", t, [x * 1000 for x in r["gaps"] if x > 0.0005])
+                self.pool(f"ttft_paced_{conns}", t, [x * 1000 for x in r["ttft"]])
             else:
-                self.put(f"ev_s_unpaced_{conns}", t, rate)
-                self.put(f"client_cpu_frac_unpaced_{conns}", t, r["client_cpu"] / r["window_s"])
+                self.add(f"ev_s_unpaced_{conns}", t, r["events"] / r["window_s"])
+                self.add(f"client_cpu_unpaced_{conns}", t, r["client_cpu"] / r["window_s"])
+                if "proxy" in r["cpu"]:
+                    self.add(f"proxy_cpu_unpaced_{conns}", t, r["cpu"]["proxy"] / r["window_s"])
             if rss:
-                mb = r["rss_kb"]["proxy"] / 1024
-                prev = self.fig.get("rss_64_streams_mb", {}).get(t, 0.0)
-                self.put("rss_64_streams_mb", t, max(prev, mb))
-            self.raw[f"{key}/{t}"] = {k: v for k, v in r.items() if k not in ("gaps", "ttft")}
-            time.sleep(1.0 if conns >= 64 else 0.3)  # let cut streams wind down
+                self.add("rss_64_streams_mb", t, r["rss_kb"]["proxy"] / 1024)
+            time.sleep(0.3)
 
-    def check(self, r: dict[str, Any], what: str) -> None:
-        if r["errors"] or r["bad_status"]:
-            print(f"  ! {what}: errors={r['errors']} statuses={r['bad_status']}", file=sys.stderr)
+    def finish(self) -> None:
+        for figure, per_target in self.rounds.items():
+            agg = max if figure.startswith("rss") else median
+            for t, values in per_target.items():
+                self.put(figure, t, agg(values))
+        for figure, per_target in self.pools.items():
+            for t, values in per_target.items():
+                self.put(f"{figure}_p50", t, pct(values, 50))
+                self.put(f"{figure}_p99", t, pct(values, 99))
+        self.raw["rounds"] = self.rounds
+        self.raw["samples"] = {
+            f: {t: len(v) for t, v in pt.items()} for f, pt in self.pools.items()
+        }
+        self.raw["dead"] = self.dead
 
     def idle_rss(self) -> None:
         for t in ("minimal", "dynllm"):
@@ -413,9 +456,9 @@ class Runner:
         """DynLLM's first-request TTFB for an unloaded model vs spawning the backend by hand."""
         b = self.b
         body = chat_body("cold", False, NONSTREAM_TOKENS)
-        direct_ready, direct_fb, dyn_fb = [], [], []
+        ready, direct_fb, dyn_fb = [], [], []
         for i in range(b.d["cold_reps"]):
-            # direct: spawn, poll /health every 2 ms, send the same request
+            # direct: spawn the fake as DynLLM would, poll /health every 2 ms, same request
             port = free_port()
             argv = [str(FAKE), "-m", str(b.models / "cold.gguf"), "--host", "127.0.0.1"]
             argv += ["--port", str(port), *BACKEND_ARGS, "--alias", "cold"]
@@ -425,54 +468,79 @@ class Runner:
                 if p.popen.poll() is not None:
                     raise RuntimeError(f"cold fake exited:\n{p.log()}")
                 time.sleep(0.002)
-            direct_ready.append(time.perf_counter() - t0)
+            ready.append((time.perf_counter() - t0) * 1000)
             fb, _ = raw_ttfb(port, body, t0)
-            direct_fb.append(fb)
+            direct_fb.append(fb * 1000)
             p.stop()
             time.sleep(0.2)
-            # dynllm: first request for the unloaded model
-            assert http_json(dyn_port, "GET", "/admin/models")  # it answers
+            # DynLLM: the first request for the unloaded model
             t0 = time.perf_counter()
             fb, resp = raw_ttfb(dyn_port, body, t0)
             if not resp.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"cold request failed: {resp[:300]!r}")
-            dyn_fb.append(fb)
+            dyn_fb.append(fb * 1000)
             http_json(dyn_port, "POST", "/admin/models/unload", {"model": "cold"})
             time.sleep(0.2)
-        ms = [x * 1000 for x in direct_ready]
         self.raw["cold"] = {
-            "direct_spawn_to_ready_ms": ms,
-            "direct_spawn_to_first_byte_ms": [x * 1000 for x in direct_fb],
-            "dynllm_first_byte_ms": [x * 1000 for x in dyn_fb],
+            "direct_spawn_to_ready_ms": ready,
+            "direct_spawn_to_first_byte_ms": direct_fb,
+            "dynllm_first_byte_ms": dyn_fb,
         }
-        self.put("cold_backend_ready_ms", "direct", median(ms))
-        self.put("cold_first_byte_ms", "direct", median([x * 1000 for x in direct_fb]))
-        self.put("cold_first_byte_ms", "dynllm", median([x * 1000 for x in dyn_fb]))
-        self.put(
-            "cold_overhead_ms",
-            "dynllm",
-            median([x * 1000 for x in dyn_fb]) - median([x * 1000 for x in direct_fb]),
-        )
+        self.put("cold_backend_ready_ms", "direct", median(ready))
+        self.put("cold_first_byte_ms", "direct", median(direct_fb))
+        self.put("cold_first_byte_ms", "dynllm", median(dyn_fb))
+        self.put("cold_overhead_ms", "dynllm", median(dyn_fb) - median(direct_fb))
 
-    def keepalive(self, targets: dict[str, int]) -> None:
-        """N sequential short streams on one keep-alive client: connections opened, rate."""
+    def keepalive(self, servers: dict[str, int]) -> None:
+        """N sequential short streams on one keep-alive client: TCP connections, ms/request."""
         body = chat_body("fast", True, SHORT_STREAM_TOKENS)
         n = self.b.d["ka_n"]
+        spec = {"body": body, "conns": 1, "warmup": 0.0, "duration": 120.0, "max_requests": n}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+        for port in servers.values():
+            loadgen(spec | {"port": port, "max_requests": 30})  # warm pools and code paths
+        for rnd in range(self.b.d["ka_rounds"]):
+            names = list(servers)
+            names = names[rnd % len(names) :] + names[: rnd % len(names)]
+            for name in names:
+                r = loadgen(spec | {"port": servers[name]})
+                runs[name].append(r)
+                time.sleep(0.2)
         out = {}
-        for name, port in targets.items():
-            spec = {"port": port, "body": body, "conns": 1, "warmup": 0.0}
-            spec |= {"duration": 120.0, "max_requests": n}
-            loadgen(spec | {"max_requests": 20})  # warm the pools
-            r = loadgen(spec)
+        for name, rs in runs.items():
+            ms = [r["window_s"] / max(1, r["total_requests"]) * 1000 for r in rs]
             out[name] = {
-                "requests": r["total_requests"],
-                "connections_opened": r["connections_opened"],
-                "req_s": r["total_requests"] / r["window_s"],
-                "ms_per_req": r["window_s"] / max(1, r["total_requests"]) * 1000,
-                "errors": r["errors"],
+                "requests": rs[0]["total_requests"],
+                "connections_opened": rs[0]["connections_opened"],
+                "ms_per_req": median(ms),
+                "ms_per_req_rounds": ms,
+                "req_s": 1000 / median(ms),
+                "errors": sum(r["errors"] for r in rs),
             }
-            time.sleep(0.3)
         self.raw["keepalive"] = out
+
+    def abort_storm(self, servers: dict[str, int]) -> None:
+        """Rounds of 64 unpaced streams cut mid-flight; does the server still answer after?"""
+        body = chat_body("fast", True)
+        probe = chat_body("fast", False, 1)
+        out = {}
+        for name, port in servers.items():
+            survived = 0
+            for _ in range(self.b.d["storm_rounds"]):
+                loadgen(
+                    {"port": port, "body": body, "conns": 64, "warmup": 0.0}
+                    | {"duration": 1.0, "drain": False}
+                )
+                time.sleep(0.5)
+                try:
+                    http_json(port, "POST", "/v1/chat/completions", json.loads(probe), timeout=5)
+                except (OSError, RuntimeError):
+                    break
+                survived += 1
+            out[name] = {"rounds": self.b.d["storm_rounds"], "survived": survived}
+            if survived < self.b.d["storm_rounds"]:
+                self.dead[name] = "hung after client aborts"
+        self.raw["abort_storm"] = out
 
 
 # --------------------------------------------------------------------------- report
@@ -483,26 +551,30 @@ ROWS: list[tuple[str, str, str, str, bool]] = [
     ("lat_c1_p99", "non-stream latency c=1 p99", "ms", "lo", True),
     ("lat_c16_p50", "non-stream latency c=16 p50", "ms", "lo", True),
     ("lat_c16_p99", "non-stream latency c=16 p99", "ms", "lo", True),
-    ("rps_c1", "requests/s c=1", "req/s", "hi", False),
+    ("rps_c1", "requests/s c=1", "req/s", "hi", True),
     ("rps_c16", "requests/s c=16", "req/s", "hi", True),
     ("ev_s_unpaced_1", "unpaced chunks/s, 1 stream", "ev/s", "hi", True),
     ("ev_s_unpaced_64", "unpaced chunks/s, 64 streams", "ev/s", "hi", True),
     ("tok_s_paced_1", "paced tokens/s, 1 stream", "tok/s", "hi", True),
     ("tok_s_paced_64", "paced tokens/s, 64 streams", "tok/s", "hi", True),
-    ("gap_p50_paced_1", "paced inter-token p50, 1", "ms", "lo", False),
-    ("gap_p99_paced_1", "paced inter-token p99, 1", "ms", "lo", True),
-    ("gap_p50_paced_64", "paced inter-token p50, 64", "ms", "lo", False),
-    ("gap_p99_paced_64", "paced inter-token p99, 64", "ms", "lo", True),
-    ("ttft_p50_paced_1", "paced TTFT p50, 1 stream", "ms", "lo", False),
-    ("ttft_p50_paced_64", "paced TTFT p50, 64 streams", "ms", "lo", False),
-    ("cpu_proxy_per_1k", "proxy CPU per 1000 req", "s", "lo", True),
-    ("cpu_backend_per_1k", "backend CPU per 1000 req", "s", "lo", False),
-    ("cpu_client_per_1k", "client CPU per 1000 req", "s", "lo", False),
-    ("client_cpu_frac_unpaced_64", "client CPU, unpaced 64", "core", "lo", False),
+    ("tok_s_window_paced_64", "  (window count, 64 streams)", "tok/s", "hi", False),
+    ("gap_paced_1_p50", "paced inter-token p50, 1", "ms", "lo", False),
+    ("gap_paced_1_p99", "paced inter-token p99, 1", "ms", "lo", True),
+    ("gap_paced_64_p50", "paced inter-token p50, 64", "ms", "lo", False),
+    ("gap_paced_64_p99", "paced inter-token p99, 64", "ms", "lo", True),
+    ("ttft_paced_1_p50", "paced TTFT p50, 1 stream", "ms", "lo", False),
+    ("ttft_paced_64_p50", "paced TTFT p50, 64 streams", "ms", "lo", False),
+    ("ttft_paced_64_p99", "paced TTFT p99, 64 streams", "ms", "lo", False),
+    ("cpu_proxy_per_1k_c1", "proxy CPU /1000 req, c=1", "s", "lo", True),
+    ("cpu_proxy_per_1k_c16", "proxy CPU /1000 req, c=16", "s", "lo", True),
+    ("cpu_backend_per_1k_c16", "backend CPU /1000 req, c=16", "s", "lo", False),
+    ("cpu_client_per_1k_c16", "client CPU /1000 req, c=16", "s", "lo", False),
+    ("proxy_cpu_unpaced_64", "proxy CPU, unpaced 64", "core", "lo", False),
+    ("client_cpu_unpaced_64", "client CPU, unpaced 64", "core", "lo", False),
     ("rss_idle_mb", "proxy RSS idle", "MiB", "lo", False),
     ("rss_64_streams_mb", "proxy RSS, 64 streams (max)", "MiB", "lo", True),
     ("cold_backend_ready_ms", "cold: fake spawn->ready", "ms", "lo", False),
-    ("cold_first_byte_ms", "cold: spawn/request->1st byte", "ms", "lo", False),
+    ("cold_first_byte_ms", "cold: ->first byte", "ms", "lo", False),
     ("cold_overhead_ms", "cold-start overhead", "ms", "lo", False),
 ]
 ADDED = {k for k, *_ in ROWS if k.startswith(("lat_", "gap_", "ttft_"))}
@@ -514,19 +586,18 @@ def fmt(v: Any, width: int = 9) -> str:
     if isinstance(v, float) and v != v:
         return "nan".rjust(width)
     a = abs(v)
-    s = (
-        f"{v:.0f}"
-        if a >= 1000
-        else f"{v:.1f}"
-        if a >= 100
-        else f"{v:.2f}"
-        if a >= 1
-        else f"{v:.3f}"
-    )
+    if a >= 1000:
+        s = f"{v:.0f}"
+    elif a >= 100:
+        s = f"{v:.1f}"
+    elif a >= 1:
+        s = f"{v:.2f}"
+    else:
+        s = f"{v:.3f}"
     return s.rjust(width)
 
 
-def judge(fig: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
+def judge(fig: dict[str, dict[str, Any]], raw: dict[str, Any]) -> list[tuple[str, bool, str]]:
     out = []
     for key, label, unit, better, vs_min in ROWS:
         v = fig.get(key, {})
@@ -534,37 +605,32 @@ def judge(fig: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
         if not vs_min or d is None or m is None:
             continue
         ok = d <= 1.10 * m if better == "lo" else d >= 0.90 * m
-        out.append(
-            (
-                f"within 10% of minimal: {label}",
-                ok,
-                f"{d / m:.3f}x ({fmt(d, 0)} vs {fmt(m, 0)} {unit})",
-            )
-        )
+        detail = f"{d / m:.3f}x ({fmt(d, 0)} vs {fmt(m, 0)} {unit})"
+        out.append((f"within 10% of minimal: {label}", ok, detail))
     lat = fig.get("lat_c1_p50", {})
-    if "dynllm" in lat:
+    if "dynllm" in lat and "direct" in lat:
         added = lat["dynllm"] - lat["direct"]
         out.append(("added p50 latency c=1 <= 1.5 ms", added <= 1.5, f"{added:.3f} ms"))
     for n in (1, 64):
         tok = fig.get(f"tok_s_paced_{n}", {})
-        if "dynllm" in tok:
+        if "dynllm" in tok and "direct" in tok:
             r = tok["dynllm"] / tok["direct"]
-            out.append(
-                (f"paced tokens/s >= 99% of direct, {n} stream(s)", r >= 0.99, f"{r * 100:.2f}%")
-            )
+            label = f"paced tokens/s >= 99% of direct, {n} stream{'s' if n > 1 else ''}"
+            out.append((label, r >= 0.99, f"{r * 100:.2f}%"))
     cold = fig.get("cold_overhead_ms", {}).get("dynllm")
     if cold is not None:
         out.append(("cold-start overhead <= 50 ms", cold <= 50, f"{cold:.1f} ms"))
+    for name, r in raw.get("abort_storm", {}).items():
+        label = f"{name} still answers after 64 streams are cut mid-flight"
+        out.append((label, r["survived"] == r["rounds"], f"{r['survived']}/{r['rounds']} rounds"))
     return out
 
 
 def report(fig: dict[str, dict[str, Any]], raw: dict[str, Any]) -> str:
     lines = []
-    hdr = f"{'figure':32} {'unit':6}" + "".join(
-        h.rjust(10) for h in ("direct", "minimal", "dynllm", "+min", "+dyn", "dyn/min", "+dyn/+min")
-    )
-    lines.append(hdr)
-    lines.append("-" * len(hdr))
+    heads = ("direct", "minimal", "dynllm", "+min", "+dyn", "dyn/min", "+dyn/+min")
+    hdr = f"{'figure':30} {'unit':5}" + "".join(h.rjust(10) for h in heads)
+    lines += [hdr, "-" * len(hdr)]
     for key, label, unit, _better, _ in ROWS:
         v = fig.get(key)
         if not v:
@@ -574,30 +640,36 @@ def report(fig: dict[str, dict[str, Any]], raw: dict[str, Any]) -> str:
         ay = y - d if key in ADDED and y is not None and d is not None else None
         ratio = y / m if y is not None and m else None
         aratio = ay / am if ay is not None and am else None
-        cells = [d, m, y, am, ay]
-        row = f"{label:32} {unit:6}" + "".join(" " + fmt(c) for c in cells)
+        row = f"{label:30} {unit:5}" + "".join(" " + fmt(c) for c in (d, m, y, am, ay))
         row += f"{ratio:10.3f}" if ratio is not None else "-".rjust(10)
         row += f"{aratio:10.2f}" if aratio is not None else "-".rjust(10)
         lines.append(row)
     ka = raw.get("keepalive")
     if ka:
-        lines.append("")
-        lines.append(f"keep-alive: {SHORT_STREAM_TOKENS}-token streams, sequential, one client")
-        lines.append(f"{'server':34}{'requests':>9}{'TCP conns':>11}{'req/s':>9}{'ms/req':>9}")
+        lines += [
+            "",
+            f"keep-alive: {SHORT_STREAM_TOKENS}-token streams, one after another, one client",
+        ]
+        lines.append(f"{'server':24}{'requests':>9}{'TCP conns':>11}{'req/s':>9}{'ms/req':>9}")
         for name, r in ka.items():
             lines.append(
-                f"{name:34}{r['requests']:>9}{r['connections_opened']:>11}"
+                f"{name:24}{r['requests']:>9}{r['connections_opened']:>11}"
                 f"{r['req_s']:>9.1f}{r['ms_per_req']:>9.3f}"
             )
-        for a, bname in (
-            ("dynllm (patched)", "dynllm (unpatched)"),
-            ("minimal (patched)", "minimal (unpatched)"),
-        ):
-            if a in ka and bname in ka:
-                diff = ka[bname]["ms_per_req"] - ka[a]["ms_per_req"]
-                lines.append(f"  {bname} costs {diff:+.3f} ms/request vs {a}")
+        for srv in ("minimal", "dynllm"):
+            a, b = ka.get(f"{srv} patched"), ka.get(f"{srv} unpatched")
+            if a and b:
+                diff = b["ms_per_req"] - a["ms_per_req"]
+                lines.append(f"  {srv}: a new connection per stream costs {diff:+.3f} ms/request")
+    storm = raw.get("abort_storm")
+    if storm:
+        lines += ["", "abort storm (64 unpaced streams cut by the client, then one request):"]
+        for name, r in storm.items():
+            lines.append(f"  {name}: answered after {r['survived']}/{r['rounds']} rounds")
+    if raw.get("dead"):
+        lines += ["", f"not measured further: {raw['dead']}"]
     lines.append("")
-    for label, ok, detail in judge(fig):
+    for label, ok, detail in judge(fig, raw):
         lines.append(f"{'PASS' if ok else 'FAIL'}  {label}: {detail}")
     return "\n".join(lines)
 
@@ -606,113 +678,109 @@ def report(fig: dict[str, dict[str, Any]], raw: dict[str, Any]) -> str:
 
 
 def busy_check() -> None:
-    mine = os.getpid()
-    others = [
-        line
-        for line in subprocess.run(
-            ["pgrep", "-fa", "pytest"], capture_output=True, text=True
-        ).stdout.splitlines()
-        if not line.startswith(f"{mine} ")
-    ]
-    if others:
+    out = subprocess.run(["pgrep", "-fa", "pytest"], capture_output=True, text=True).stdout
+    if out.strip():
         print("warning: pytest is running; figures will be disturbed:", file=sys.stderr)
-        for line in others:
-            print("  " + line, file=sys.stderr)
+        print(out, file=sys.stderr)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="short durations (under a minute)")
+    ap.add_argument("--quick", action="store_true", help="one short round (under a minute)")
     ap.add_argument("--out", help="JSON result file (default bench/results/<timestamp>.json)")
     args = ap.parse_args()
     busy_check()
     started = time.time()
+
+    def step(what: str) -> None:
+        print(f"[{time.time() - started:6.1f}s] {what}", file=sys.stderr, flush=True)
+
     b = Bench(args.quick)
+    r = Runner(b)
     left: list[int] = []
-    fig: dict[str, Any] = {}
-    raw: dict[str, Any] = {}
     try:
-
-        def step(what: str) -> None:
-            print(f"[{time.time() - started:6.1f}s] {what}", file=sys.stderr, flush=True)
-
-        step("starting backends, minimal relays and DynLLM")
+        step(f"starting processes in {b.tmp}")
         fast, fast_port = b.start_fake("direct-fast", "fast")
         paced, paced_port = b.start_fake("direct-paced", "paced")
-        b.ports["direct"] = {"fast": fast_port, "paced": paced_port}
-        b.pids["direct"] = {"backend": fast.pid}
         mfast, mfast_port = b.start_minimal("minimal-fast", fast_port)
         mpaced, mpaced_port = b.start_minimal("minimal-paced", paced_port)
-        b.ports["minimal"] = {"fast": mfast_port, "paced": mpaced_port}
-        b.pids["minimal"] = {"backend": fast.pid, "proxy": mfast.pid}
         dyn, dyn_port = b.start_dynllm("dynllm", b.tmp / "dynllm", 19400)
-        for model in ("fast", "paced"):  # warm: the first request loads the backend
-            http_json(
-                dyn_port, "POST", "/v1/chat/completions", json.loads(chat_body(model, False, 1))
-            )
-        admin = {m["name"]: m for m in http_json(dyn_port, "GET", "/admin/models")["models"]}
+        b.ports["direct"] = {"fast": fast_port, "paced": paced_port}
+        b.ports["minimal"] = {"fast": mfast_port, "paced": mpaced_port}
         b.ports["dynllm"] = {"fast": dyn_port, "paced": dyn_port}
-        b.pids["dynllm"] = {"backend": admin["fast"]["pid"], "proxy": dyn.pid}
-        # the minimal relay's paced instance is idle during the fast runs and vice versa
-        for t in TARGETS:  # warm every path (pools, imports, first-request costs)
+        for t in TARGETS:  # warm every path; DynLLM's first requests load its backends
             for model in ("fast", "paced"):
-                http_json(
-                    b.ports[t][model],
-                    "POST",
-                    "/v1/chat/completions",
-                    json.loads(chat_body(model, False, 1)),
-                )
-        r = Runner(b)
+                warm = json.loads(chat_body(model, False, 1))
+                for _ in range(3):
+                    http_json(b.ports[t][model], "POST", "/v1/chat/completions", warm)
+        admin = {m["name"]: m for m in http_json(dyn_port, "GET", "/admin/models")["models"]}
+        backends = {
+            "direct": {"fast": fast.pid, "paced": paced.pid},
+            "minimal": {"fast": fast.pid, "paced": paced.pid},
+            "dynllm": {"fast": admin["fast"]["pid"], "paced": admin["paced"]["pid"]},
+        }
+        proxies = {"minimal": {"fast": mfast.pid, "paced": mpaced.pid}}
+        proxies["dynllm"] = {"fast": dyn.pid, "paced": dyn.pid}
+
+        def use(model: str) -> None:  # which processes CPU/RSS are read from
+            for t in TARGETS:
+                b.pids[t] = {"backend": backends[t][model]}
+                if t in proxies:
+                    b.pids[t]["proxy"] = proxies[t][model]
+
+        use("fast")
         r.idle_rss()
-        step("non-stream, concurrency 1")
-        r.nonstream(1)
-        step("non-stream, concurrency 16")
-        r.nonstream(16)
-        step("unpaced streams, 1")
-        r.streams(1, paced=False)
-        step("unpaced streams, 64")
-        r.streams(64, paced=False)
-        b.pids["minimal"]["proxy"] = mpaced.pid  # RSS of the relay serving paced streams
-        b.pids["minimal"]["backend"] = paced.pid
-        b.pids["direct"]["backend"] = paced.pid
-        b.pids["dynllm"]["backend"] = admin["paced"]["pid"]
-        step("paced streams, 1")
-        r.streams(1, paced=True)
-        step("paced streams, 64")
-        r.streams(64, paced=True)
-        step("cold start")
-        r.cold_start(dyn_port)
+        for rnd in range(b.d["rounds"]):
+            tag = f"round {rnd + 1}/{b.d['rounds']}:"
+            use("fast")
+            step(f"{tag} non-stream, concurrency 1 and 16")
+            r.nonstream(rnd, 1)
+            r.nonstream(rnd, 16)
+            step(f"{tag} unpaced streams, 1 and 64")
+            r.streams(rnd, 1, paced=False)
+            r.streams(rnd, 64, paced=False)
+            use("paced")
+            step(f"{tag} paced streams, 1 and 64")
+            r.streams(rnd, 1, paced=True)
+            r.streams(rnd, 64, paced=True)
+        r.finish()
+        if "dynllm" not in r.dead:
+            step("cold start")
+            r.cold_start(dyn_port)
         step("keep-alive check")
-        nopatch, nopatch_port = b.start_minimal("minimal-nopatch", fast_port, patch=False)
-        dyn2, dyn2_port = b.start_dynllm("dynllm-nopatch", b.tmp / "dynllm2", 19450, patch=False)
-        r.keepalive(
-            {
-                "direct (fake backend)": fast_port,
-                "minimal (patched)": mfast_port,
-                "minimal (unpatched)": nopatch_port,
-                "dynllm (patched)": dyn_port,
-                "dynllm (unpatched)": dyn2_port,
-            }
-        )
-        fig, raw = r.fig, r.raw
+        _, nopatch_port = b.start_minimal("minimal-nopatch", fast_port, patch=False)
+        _, dyn2_port = b.start_dynllm("dynllm-nopatch", b.tmp / "dynllm2", 19450, patch=False)
+        for port in (nopatch_port, dyn2_port):
+            http_json(port, "POST", "/v1/chat/completions", json.loads(chat_body("fast", False, 1)))
+        servers = {
+            "direct": fast_port,
+            "minimal patched": mfast_port,
+            "minimal unpatched": nopatch_port,
+            "dynllm patched": dyn_port,
+            "dynllm unpatched": dyn2_port,
+        }
+        r.keepalive({k: v for k, v in servers.items() if k.split()[0] not in r.dead})
+        step("abort storm")
+        r.abort_storm({t: b.ports[t]["fast"] for t in ("minimal", "dynllm") if t not in r.dead})
         step("stopping everything")
     finally:
         left = b.stop_all()
-    table = report(fig, raw)
+    table = report(r.fig, r.raw)
     print(table)
     if left:
         print(f"FAIL  processes left behind (killed): {left}")
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": " ".join(sys.argv),
         "quick": args.quick,
         "host": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "figures": fig,
-        "judgement": [{"check": c, "pass": ok, "detail": d} for c, ok, d in judge(fig)],
-        "raw": raw,
+        "figures": r.fig,
+        "judgement": [{"check": c, "pass": ok, "detail": d} for c, ok, d in judge(r.fig, r.raw)],
+        "raw": r.raw,
         "table": table,
         "leftover_processes": left,
         "elapsed_s": time.time() - started,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,4 +33,8 @@ def dynllm(tmp_path: Path) -> Iterator[Callable[..., DynLLM]]:
     try:
         wait_for(lambda: not live_pids_matching(needle), timeout=10)
     except AssertionError:
-        raise AssertionError(f"backends outlived DynLLM: {live_pids_matching(needle)}") from None
+        leftover = live_pids_matching(needle)
+        for pid in leftover:  # do not leak them into later tests
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"backends outlived DynLLM: {leftover}") from None
