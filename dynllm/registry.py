@@ -383,32 +383,33 @@ class ModelRegistry:
     ) -> DynLLMError:
         if proc is not None:
             proc.stop(self.config.backend.stop_timeout_seconds)
-        if isinstance(exc, ProcessExited):
+        # Once shutdown began, whatever went wrong is a consequence of it.
+        cancelled = isinstance(exc, Cancelled) or self._cancel.is_set()
+        if cancelled:
+            what = f"load of '{m.name}' abandoned: DynLLM is shutting down"
+        elif isinstance(exc, ProcessExited):
             code = describe_returncode(exc.returncode)
             what = f"backend for '{m.name}' exited during load with code {code}"
         elif isinstance(exc, ReadyTimeout):
             what = f"backend for '{m.name}' was not ready after {timeout:g}s (load timeout)"
-        elif isinstance(exc, Cancelled):
-            what = f"load of '{m.name}' abandoned: DynLLM is shutting down"
         elif isinstance(exc, DynLLMError):
             what = exc.message
         else:
             what = f"load of '{m.name}' failed: {exc}"
-        tail = log_tail(m.log_path, TAIL_LINES) if proc is not None else ""
+        tail = log_tail(m.log_path, TAIL_LINES) if proc is not None and not cancelled else ""
         message = what + (f"\n--- last lines of {m.log_path} ---\n{tail}" if tail else "")
         with self._locked():
             if m.proc is proc:
                 m.proc, m.port = None, None
             self._ports.release(port)
+            if cancelled:
+                return ShuttingDown(what)  # shutdown owns the state from here
             m.last_error = message
-            if m.state is State.LOADING:
+            if m.state in (State.LOADING, State.UNLOADED):
+                # (from unloaded: it failed before a process existed)
                 self._set_state(m, State.FAILED, what)
-            elif m.state is State.UNLOADED and not isinstance(exc, Cancelled):
-                self._set_state(m, State.FAILED, what)  # failed before a process existed
             elif m.state is State.FAILED:
                 self._queue_row(m, f"model={m.name} load failed again: {what}")
-        if isinstance(exc, Cancelled):
-            return ShuttingDown(what)
         return LoadFailed(message)
 
     # --------------------------------------------------------------- stopping

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 
 from tests.support.harness import (
     DynLLM,
@@ -92,6 +93,9 @@ def test_sigterm_stops_every_backend_and_exits_zero(dynllm, spec, models) -> Non
     assert not [p for p in pids if pid_alive(p)]
     assert "ignored SIGTERM" in d.log()  # the stubborn one needed SIGKILL
     assert not live_pids_matching(str(models.root))
+    with sqlite3.connect(d.config.parent / "state.db") as db:
+        rows = dict(db.execute("SELECT name, state FROM models").fetchall())
+    assert rows == {"a": "unloaded", "stubborn": "unloaded", "slow": "unloaded"}
 
 
 def test_sigint_also_stops_cleanly(dynllm, spec) -> None:
