@@ -2,9 +2,9 @@
 
 One route forwards the request body with a pooled ``requests.Session`` (stream=True) to
 one fixed backend and streams the backend's chunks back.  Waitress runs with the same
-settings as DynLLM (dynllm/server.py) and, unless ``--no-keepalive-patch`` is given,
-with the same keep-alive patch for chunked responses (a copy of ``_KeepAliveTask``, so
-this process does not import dynllm and its config stack).
+settings and the same two patches as DynLLM (imported from ``dynllm/server.py``, which
+pulls in nothing but waitress): the wake-up pipe that never blocks and, unless
+``--no-keepalive-patch`` is given, keep-alive after chunked responses.
 
     python bench/minimal_relay.py --backend http://127.0.0.1:PORT --port 0
 """
@@ -13,42 +13,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import requests
 from flask import Flask, Response, request
 from requests.adapters import HTTPAdapter
 from waitress import create_server
-from waitress.channel import HTTPChannel
-from waitress.task import WSGITask
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dynllm.server import KeepAliveChannel, nonblocking_wakeups  # noqa: E402  (waitress only)
 
 PASS_HEADERS = ("content-type", "content-length")
-
-
-class KeepAliveTask(WSGITask):
-    """Same decision as dynllm.server._KeepAliveTask: keep HTTP/1.1 alive after chunked."""
-
-    _building_headers = False
-
-    def build_response_header(self) -> bytes:
-        self._building_headers = True
-        try:
-            return super().build_response_header()
-        finally:
-            self._building_headers = False
-
-    def set_close_on_finish(self) -> None:
-        if (
-            self._building_headers
-            and self.chunked_response
-            and self.version == "1.1"
-            and self.request.headers.get("CONNECTION", "").lower() != "close"
-        ):
-            return
-        super().set_close_on_finish()
-
-
-class KeepAliveChannel(HTTPChannel):
-    task_class = KeepAliveTask
 
 
 def make_app(backend: str, threads: int) -> Flask:
@@ -93,11 +68,11 @@ def main() -> int:
         port=args.port,
         threads=args.threads,
         connection_limit=1024,
-        send_bytes=1,
         asyncore_use_poll=True,
         max_request_body_size=100 * 1024 * 1024 + 65536,
         ident="minimal-relay",
     )
+    nonblocking_wakeups(server)  # the same waitress lock-up fix as DynLLM
     if not args.no_keepalive_patch:
         server.channel_class = KeepAliveChannel
     print(f"listening on http://{server.effective_host}:{server.effective_port}", file=sys.stderr)

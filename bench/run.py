@@ -19,12 +19,16 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.harness import live_pids_matching  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -39,34 +43,38 @@ PACED_TOKENS = 50  # tokens per paced stream (1 s at 50 tokens/s)
 PACED_DELAY = 0.02  # seconds per token: 50 tokens/s per stream
 NONSTREAM_TOKENS = 16
 SHORT_STREAM_TOKENS = 8  # keep-alive check: short streams expose per-request cost
+STORM_CLIENTS = 120  # abort storm: unread fast streams per round ...
+STORM_HOLD = 2.0  # ... left unread this long, then reset
 BACKEND_ARGS = ["-ngl", "-1", "-c", "4096"]  # what DynLLM passes (llama.cpp defaults)
 
 # (warmup, measured window) in seconds per round; rounds are interleaved across targets
 FULL = {
-    "rounds": 3,
-    "ns1": (0.3, 1.5),
-    "ns16": (0.3, 2.0),
-    "un1": (0.3, 1.5),
-    "un64": (0.5, 2.5),
-    "pa1": (0.3, 3.5),
-    "pa64": (1.3, 3.0),  # warmup covers the 1 s stagger
+    "rounds": 5,  # non-stream and unpaced figures
+    "paced_rounds": 2,  # paced figures (steady; the backend sets the pace)
+    "ns1": (0.2, 1.0),
+    "ns16": (0.2, 1.2),
+    "un1": (0.2, 1.0),
+    "un64": (0.5, 1.5),
+    "pa1": (0.3, 2.3),  # a 1 s stream must fit wholly in the window twice
+    "pa64": (1.3, 2.0),  # warmup covers the 1 s stagger
     "cold_reps": 7,
-    "ka_n": 300,
-    "ka_rounds": 3,
+    "ka_n": 150,
+    "ka_rounds": 8,
     "storm_rounds": 3,
 }
 QUICK = {
     "rounds": 1,
-    "ns1": (0.3, 1.0),
-    "ns16": (0.3, 1.0),
+    "paced_rounds": 1,
+    "ns1": (0.2, 0.8),
+    "ns16": (0.2, 0.8),
     "un1": (0.3, 0.8),
     "un64": (0.5, 1.0),
-    "pa1": (0.3, 1.6),
-    "pa64": (1.3, 1.5),
+    "pa1": (0.3, 2.2),
+    "pa64": (1.2, 1.2),
     "cold_reps": 3,
     "ka_n": 60,
     "ka_rounds": 1,
-    "storm_rounds": 1,
+    "storm_rounds": 0,  # the abort storm is skipped
 }
 TARGETS = ("direct", "minimal", "dynllm")
 
@@ -125,21 +133,6 @@ class Proc:
                 self.popen.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)  # anything it left in its group
-
-
-def pids_mentioning(needle: str) -> list[int]:
-    """Live (non-zombie) processes whose command line contains ``needle``."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if raw and needle in raw.replace(b"\0", b" ").decode(errors="replace"):
-            out.append(int(entry.name))
-    return out
 
 
 def free_port() -> int:
@@ -236,10 +229,10 @@ class Bench:
             except Exception as exc:  # keep stopping the others
                 print(f"warning: stopping {p.name}: {exc}", file=sys.stderr)
         deadline = time.monotonic() + 5
-        left = pids_mentioning(str(self.tmp))
+        left = live_pids_matching(str(self.tmp))
         while left and time.monotonic() < deadline:
             time.sleep(0.1)
-            left = pids_mentioning(str(self.tmp))
+            left = live_pids_matching(str(self.tmp))
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -301,6 +294,37 @@ def health_ok(port: int) -> bool:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             return s.recv(64).startswith(b"HTTP/1.1 200")
     except OSError:
+        return False
+
+
+def slow_reader_storm(port: int, clients: int, hold: float) -> None:
+    """``clients`` fast streams whose readers read nothing for ``hold`` seconds, then reset."""
+    body = chat_body("fast", True).encode()
+    req = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    socks = []
+    try:
+        for _ in range(clients):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(req)
+            socks.append(s)
+        time.sleep(hold)
+    finally:
+        for s in socks:  # RST, like a client that is killed or times out
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+
+def answers(port: int, timeout: float = 5.0) -> bool:
+    """Does one small non-stream request get an answer within ``timeout``?"""
+    probe = json.loads(chat_body("fast", False, 1))
+    try:
+        http_json(port, "POST", "/v1/chat/completions", probe, timeout=timeout)
+        return True
+    except (OSError, RuntimeError):
         return False
 
 
@@ -421,6 +445,11 @@ class Runner:
                 # gaps below 0.5 ms are events that arrived together with the previous one
                 self.pool(f"gap_paced_{conns}", t, [x * 1000 for x in r["gaps"] if x > 0.0005])
                 self.pool(f"ttft_paced_{conns}", t, [x * 1000 for x in r["ttft"]])
+                if r["latencies"]:  # mean time from request to last byte, per stream
+                    mean_ms = sum(r["latencies"]) / len(r["latencies"]) * 1000
+                    self.add(f"stream_ms_paced_{conns}", t, mean_ms)
+                if "proxy" in r["cpu"]:
+                    self.add(f"proxy_cpu_paced_{conns}", t, r["cpu"]["proxy"] / r["window_s"])
             else:
                 self.add(f"ev_s_unpaced_{conns}", t, r["events"] / r["window_s"])
                 self.add(f"client_cpu_unpaced_{conns}", t, r["client_cpu"] / r["window_s"])
@@ -491,55 +520,63 @@ class Runner:
         self.put("cold_first_byte_ms", "dynllm", median(dyn_fb))
         self.put("cold_overhead_ms", "dynllm", median(dyn_fb) - median(direct_fb))
 
-    def keepalive(self, servers: dict[str, int]) -> None:
-        """N sequential short streams on one keep-alive client: TCP connections, ms/request."""
+    def keepalive(self, servers: dict[str, tuple[int, int]]) -> None:
+        """N sequential short streams on one keep-alive client: TCP connections, ms/request.
+
+        ``servers`` maps a name to (port, pid of the process whose CPU is read).
+        """
         body = chat_body("fast", True, SHORT_STREAM_TOKENS)
         n = self.b.d["ka_n"]
         spec = {"body": body, "conns": 1, "warmup": 0.0, "duration": 120.0, "max_requests": n}
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
-        for port in servers.values():
+        for port, _ in servers.values():
             loadgen(spec | {"port": port, "max_requests": 30})  # warm pools and code paths
         for rnd in range(self.b.d["ka_rounds"]):
             names = list(servers)
             names = names[rnd % len(names) :] + names[: rnd % len(names)]
             for name in names:
-                r = loadgen(spec | {"port": servers[name]})
-                runs[name].append(r)
-                time.sleep(0.2)
-        out = {}
+                port, pid = servers[name]
+                runs[name].append(loadgen(spec | {"port": port, "cpu_pids": {"p": pid}}))
+                time.sleep(0.1)
+        out: dict[str, Any] = {}
         for name, rs in runs.items():
             ms = [r["window_s"] / max(1, r["total_requests"]) * 1000 for r in rs]
+            cpu = [r["cpu"]["p"] / max(1, r["total_requests"]) * 1000 for r in rs]
             out[name] = {
                 "requests": rs[0]["total_requests"],
                 "connections_opened": rs[0]["connections_opened"],
                 "ms_per_req": median(ms),
+                "cpu_ms_per_req": median(cpu),
                 "ms_per_req_rounds": ms,
+                "cpu_ms_per_req_rounds": cpu,
                 "req_s": 1000 / median(ms),
                 "errors": sum(r["errors"] for r in rs),
             }
+        for srv in ("minimal", "dynllm"):  # round by round: unpatched minus patched
+            a, b = out.get(f"{srv} patched"), out.get(f"{srv} unpatched")
+            if a and b:
+                pairs = zip(b["ms_per_req_rounds"], a["ms_per_req_rounds"], strict=True)
+                cpairs = zip(b["cpu_ms_per_req_rounds"], a["cpu_ms_per_req_rounds"], strict=True)
+                out[f"{srv} diff"] = {
+                    "ms_per_req": median([u - p for u, p in pairs]),
+                    "cpu_ms_per_req": median([u - p for u, p in cpairs]),
+                }
         self.raw["keepalive"] = out
 
     def abort_storm(self, servers: dict[str, int]) -> None:
-        """Rounds of 64 unpaced streams cut mid-flight; does the server still answer after?"""
-        body = chat_body("fast", True)
-        probe = chat_body("fast", False, 1)
+        """Slow clients that reset fast streams; does the server still answer afterwards?"""
         out = {}
         for name, port in servers.items():
             survived = 0
             for _ in range(self.b.d["storm_rounds"]):
-                loadgen(
-                    {"port": port, "body": body, "conns": 64, "warmup": 0.0}
-                    | {"duration": 1.0, "drain": False}
-                )
+                slow_reader_storm(port, STORM_CLIENTS, STORM_HOLD)
                 time.sleep(0.5)
-                try:
-                    http_json(port, "POST", "/v1/chat/completions", json.loads(probe), timeout=5)
-                except (OSError, RuntimeError):
+                if not answers(port):
                     break
                 survived += 1
             out[name] = {"rounds": self.b.d["storm_rounds"], "survived": survived}
             if survived < self.b.d["storm_rounds"]:
-                self.dead[name] = "hung after client aborts"
+                self.dead[name] = "stopped answering after the abort storm (see README)"
         self.raw["abort_storm"] = out
 
 
@@ -565,19 +602,22 @@ ROWS: list[tuple[str, str, str, str, bool]] = [
     ("ttft_paced_1_p50", "paced TTFT p50, 1 stream", "ms", "lo", False),
     ("ttft_paced_64_p50", "paced TTFT p50, 64 streams", "ms", "lo", False),
     ("ttft_paced_64_p99", "paced TTFT p99, 64 streams", "ms", "lo", False),
+    ("stream_ms_paced_1", "paced stream time mean, 1", "ms", "lo", False),
+    ("stream_ms_paced_64", "paced stream time mean, 64", "ms", "lo", False),
     ("cpu_proxy_per_1k_c1", "proxy CPU /1000 req, c=1", "s", "lo", True),
     ("cpu_proxy_per_1k_c16", "proxy CPU /1000 req, c=16", "s", "lo", True),
     ("cpu_backend_per_1k_c16", "backend CPU /1000 req, c=16", "s", "lo", False),
     ("cpu_client_per_1k_c16", "client CPU /1000 req, c=16", "s", "lo", False),
     ("proxy_cpu_unpaced_64", "proxy CPU, unpaced 64", "core", "lo", False),
     ("client_cpu_unpaced_64", "client CPU, unpaced 64", "core", "lo", False),
+    ("proxy_cpu_paced_64", "proxy CPU, paced 64", "core", "lo", False),
     ("rss_idle_mb", "proxy RSS idle", "MiB", "lo", False),
     ("rss_64_streams_mb", "proxy RSS, 64 streams (max)", "MiB", "lo", True),
     ("cold_backend_ready_ms", "cold: fake spawn->ready", "ms", "lo", False),
     ("cold_first_byte_ms", "cold: ->first byte", "ms", "lo", False),
     ("cold_overhead_ms", "cold-start overhead", "ms", "lo", False),
 ]
-ADDED = {k for k, *_ in ROWS if k.startswith(("lat_", "gap_", "ttft_"))}
+ADDED = {k for k, *_ in ROWS if k.startswith(("lat_", "gap_", "ttft_", "stream_ms"))}
 
 
 def fmt(v: Any, width: int = 9) -> str:
@@ -621,15 +661,22 @@ def judge(fig: dict[str, dict[str, Any]], raw: dict[str, Any]) -> list[tuple[str
     if cold is not None:
         out.append(("cold-start overhead <= 50 ms", cold <= 50, f"{cold:.1f} ms"))
     for name, r in raw.get("abort_storm", {}).items():
-        label = f"{name} still answers after 64 streams are cut mid-flight"
+        label = f"{name} still answers after the abort storm"
         out.append((label, r["survived"] == r["rounds"], f"{r['survived']}/{r['rounds']} rounds"))
     return out
+
+
+def round_ratios(raw: dict[str, Any], key: str) -> list[float]:
+    """dynllm / minimal for each round of a per-round figure (shows the noise)."""
+    per = raw.get("rounds", {}).get(key, {})
+    pairs = zip(per.get("dynllm", []), per.get("minimal", []), strict=False)
+    return [d / m for d, m in pairs if m]
 
 
 def report(fig: dict[str, dict[str, Any]], raw: dict[str, Any]) -> str:
     lines = []
     heads = ("direct", "minimal", "dynllm", "+min", "+dyn", "dyn/min", "+dyn/+min")
-    hdr = f"{'figure':30} {'unit':5}" + "".join(h.rjust(10) for h in heads)
+    hdr = f"{'figure':30} {'unit':5}" + "".join(h.rjust(10) for h in heads) + "  rounds"
     lines += [hdr, "-" * len(hdr)]
     for key, label, unit, _better, _ in ROWS:
         v = fig.get(key)
@@ -643,6 +690,9 @@ def report(fig: dict[str, dict[str, Any]], raw: dict[str, Any]) -> str:
         row = f"{label:30} {unit:5}" + "".join(" " + fmt(c) for c in (d, m, y, am, ay))
         row += f"{ratio:10.3f}" if ratio is not None else "-".rjust(10)
         row += f"{aratio:10.2f}" if aratio is not None else "-".rjust(10)
+        rr = round_ratios(raw, key)
+        if len(rr) > 1:
+            row += f"  {min(rr):.2f}-{max(rr):.2f}"
         lines.append(row)
     ka = raw.get("keepalive")
     if ka:
@@ -650,22 +700,34 @@ def report(fig: dict[str, dict[str, Any]], raw: dict[str, Any]) -> str:
             "",
             f"keep-alive: {SHORT_STREAM_TOKENS}-token streams, one after another, one client",
         ]
-        lines.append(f"{'server':24}{'requests':>9}{'TCP conns':>11}{'req/s':>9}{'ms/req':>9}")
+        lines.append(
+            f"{'server':24}{'requests':>9}{'TCP conns':>11}{'req/s':>9}{'ms/req':>9}"
+            f"{'CPU ms/req':>12}"
+        )
         for name, r in ka.items():
+            if name.endswith(" diff"):
+                continue
             lines.append(
                 f"{name:24}{r['requests']:>9}{r['connections_opened']:>11}"
-                f"{r['req_s']:>9.1f}{r['ms_per_req']:>9.3f}"
+                f"{r['req_s']:>9.1f}{r['ms_per_req']:>9.3f}{r['cpu_ms_per_req']:>12.3f}"
             )
         for srv in ("minimal", "dynllm"):
-            a, b = ka.get(f"{srv} patched"), ka.get(f"{srv} unpatched")
-            if a and b:
-                diff = b["ms_per_req"] - a["ms_per_req"]
-                lines.append(f"  {srv}: a new connection per stream costs {diff:+.3f} ms/request")
+            d = ka.get(f"{srv} diff")
+            if d:
+                lines.append(
+                    f"  {srv}: a new connection per stream costs {d['ms_per_req']:+.3f} ms "
+                    f"and {d['cpu_ms_per_req']:+.3f} ms of its CPU per request "
+                    "(median of round-by-round differences)"
+                )
     storm = raw.get("abort_storm")
     if storm:
-        lines += ["", "abort storm (64 unpaced streams cut by the client, then one request):"]
+        lines += [
+            "",
+            f"abort storm: {STORM_CLIENTS} fast streams left unread for {STORM_HOLD:g} s, "
+            "then reset; then one request (5 s to answer)",
+        ]
         for name, r in storm.items():
-            lines.append(f"  {name}: answered after {r['survived']}/{r['rounds']} rounds")
+            lines.append(f"  {name}: still answering after {r['survived']}/{r['rounds']} rounds")
     if raw.get("dead"):
         lines += ["", f"not measured further: {raw['dead']}"]
     lines.append("")
@@ -730,17 +792,16 @@ def main() -> int:
 
         use("fast")
         r.idle_rss()
+        use("fast")
         for rnd in range(b.d["rounds"]):
-            tag = f"round {rnd + 1}/{b.d['rounds']}:"
-            use("fast")
-            step(f"{tag} non-stream, concurrency 1 and 16")
+            step(f"round {rnd + 1}/{b.d['rounds']}: non-stream c=1, c=16; unpaced 1, 64")
             r.nonstream(rnd, 1)
             r.nonstream(rnd, 16)
-            step(f"{tag} unpaced streams, 1 and 64")
             r.streams(rnd, 1, paced=False)
             r.streams(rnd, 64, paced=False)
-            use("paced")
-            step(f"{tag} paced streams, 1 and 64")
+        use("paced")
+        for rnd in range(b.d["paced_rounds"]):
+            step(f"paced round {rnd + 1}/{b.d['paced_rounds']}: 1 and 64 streams")
             r.streams(rnd, 1, paced=True)
             r.streams(rnd, 64, paced=True)
         r.finish()
@@ -748,20 +809,21 @@ def main() -> int:
             step("cold start")
             r.cold_start(dyn_port)
         step("keep-alive check")
-        _, nopatch_port = b.start_minimal("minimal-nopatch", fast_port, patch=False)
-        _, dyn2_port = b.start_dynllm("dynllm-nopatch", b.tmp / "dynllm2", 19450, patch=False)
+        nopatch, nopatch_port = b.start_minimal("minimal-nopatch", fast_port, patch=False)
+        dyn2, dyn2_port = b.start_dynllm("dynllm-nopatch", b.tmp / "dynllm2", 19450, patch=False)
         for port in (nopatch_port, dyn2_port):
             http_json(port, "POST", "/v1/chat/completions", json.loads(chat_body("fast", False, 1)))
         servers = {
-            "direct": fast_port,
-            "minimal patched": mfast_port,
-            "minimal unpatched": nopatch_port,
-            "dynllm patched": dyn_port,
-            "dynllm unpatched": dyn2_port,
+            "direct": (fast_port, fast.pid),
+            "minimal patched": (mfast_port, mfast.pid),
+            "minimal unpatched": (nopatch_port, nopatch.pid),
+            "dynllm patched": (dyn_port, dyn.pid),
+            "dynllm unpatched": (dyn2_port, dyn2.pid),
         }
         r.keepalive({k: v for k, v in servers.items() if k.split()[0] not in r.dead})
-        step("abort storm")
-        r.abort_storm({t: b.ports[t]["fast"] for t in ("minimal", "dynllm") if t not in r.dead})
+        if b.d["storm_rounds"]:
+            step("abort storm")
+            r.abort_storm({t: b.ports[t]["fast"] for t in ("minimal", "dynllm") if t not in r.dead})
         step("stopping everything")
     finally:
         left = b.stop_all()

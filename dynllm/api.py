@@ -83,7 +83,7 @@ def proxy(endpoint: Endpoint, model_name: str, body: bytes) -> Response:
     lease = svc.registry.acquire(model_name)
     try:
         backend = svc.registry.backend_of(model_name)
-        upstream_body = backend.rewrite_body(cfg, body, request.content_type or "")
+        upstream_body = backend.rewrite_body(cfg, body, request.environ.get("CONTENT_TYPE", ""))
         url = lease.base_url + backend.upstream_path(cfg, endpoint)
         if request.query_string:
             url += "?" + request.query_string.decode("latin-1")

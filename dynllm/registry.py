@@ -195,8 +195,10 @@ class ModelRegistry:
         m = self._models.get(name)
         if m is None:
             raise ModelNotFound(f"The model '{name}' does not exist", param="model")
-        if m.state is not State.LOADED:
-            self._check_startable(m)  # file check outside the lock; a hint, not a gate
+        with self._lock:  # the common case, kept short: loaded and idle or serving
+            if m.state is State.LOADED and m.attempt is None and not self._closing:
+                return self._new_lease(m)
+        self._check_startable(m)  # file check outside the lock; a hint, not a gate
         if timeout is None:
             timeout = (
                 self.config.load_timeout_for(m.cfg) + self.config.backend.stop_timeout_seconds + 30

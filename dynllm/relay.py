@@ -117,32 +117,24 @@ class RelayBody:
         self._resp = resp
         self._lease = lease
         self._model = model
-        self._it = _chunks(resp)
         ctype = resp.headers.get("content-type", "")
         self._sse = ctype.startswith("text/event-stream")
-        self._done = False
         self._complete = False
         self._closed = False
 
-    def __iter__(self) -> RelayBody:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._done:
-            raise StopIteration
+    def __iter__(self) -> Iterator[bytes]:
+        # A generator (not __next__) keeps the per-chunk cost to one frame resume.
         try:
-            return next(self._it)
-        except StopIteration:
-            self._done = self._complete = True
-            raise
+            yield from _chunks(self._resp)
         except (requests.RequestException, Urllib3HTTPError, OSError) as exc:
-            self._done = True
             log.warning("model=%s upstream failed mid-response: %s", self._model, exc)
-            if self._sse:
-                # End the event stream with an error event a client can see,
-                # instead of a silent cut that looks like a finished answer.
-                return sse_error(f"backend for '{self._model}' failed mid-stream: {exc}", 502)
-            raise  # waitress then drops the connection: the body is visibly short
+            if not self._sse:
+                raise  # waitress then drops the connection: the body is visibly short
+            # End the event stream with an error event a client can see,
+            # instead of a silent cut that looks like a finished answer.
+            yield sse_error(f"backend for '{self._model}' failed mid-stream: {exc}", 502)
+            return
+        self._complete = True
 
     def close(self) -> None:
         if self._closed:

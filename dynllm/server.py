@@ -4,25 +4,35 @@ waitress 3.0.x ends every response that has no Content-Length by closing the
 connection, even though the response is sent chunked and the terminating
 chunk already marks its end.  For a proxy whose typical answer is a stream,
 that costs a new TCP connection per request and stops nginx from keeping its
-upstream connections alive.  :class:`_KeepAliveTask` keeps HTTP/1.1
+upstream connections alive.  :class:`KeepAliveTask` keeps HTTP/1.1
 connections open after a *completed* chunked response; a response that fails
 half-way still closes the connection (waitress does that before this code is
 reached), so a client never mistakes a cut stream for a finished one.
+
+The second change fixes a lock-up of waitress 3.0.2 found by the benchmarks
+(``bench/stall_repro.py``): a worker thread whose client reads slowly wakes the
+main loop by writing a byte to a pipe *while holding its channel's lock*, and
+that write blocks once the pipe is full.  If such a client then disconnects,
+the main loop waits for that lock, stops draining the pipe, and the whole
+server stops for good.  A full pipe already guarantees that the main loop will
+wake, so :func:`nonblocking_wakeups` simply drops the byte in that case.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from waitress import create_server
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import WSGITask
 
-from .config import Config
+if TYPE_CHECKING:  # keep this module free of the config stack (bench/minimal_relay.py)
+    from .config import Config
 
 
-class _KeepAliveTask(WSGITask):
+class KeepAliveTask(WSGITask):
     _building_headers = False
 
     def build_response_header(self) -> bytes:
@@ -45,8 +55,23 @@ class _KeepAliveTask(WSGITask):
         super().set_close_on_finish()
 
 
-class _KeepAliveChannel(HTTPChannel):
-    task_class = _KeepAliveTask
+class KeepAliveChannel(HTTPChannel):
+    task_class = KeepAliveTask
+
+
+def nonblocking_wakeups(server: BaseWSGIServer) -> None:
+    """Make the main loop's wake-up pipe never block a worker thread."""
+    trigger = server.trigger
+    fd = trigger.trigger  # the pipe's write end
+    os.set_blocking(fd, False)
+
+    def pull() -> None:
+        try:  # noqa: SIM105 (called per flushed chunk; cheaper than contextlib.suppress)
+            os.write(fd, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the main loop has wake-ups pending anyway
+
+    trigger._physical_pull = pull
 
 
 def make_server(app: Any, cfg: Config, chunked_keepalive: bool = True) -> BaseWSGIServer:
@@ -57,11 +82,13 @@ def make_server(app: Any, cfg: Config, chunked_keepalive: bool = True) -> BaseWS
         port=cfg.server.port,
         threads=cfg.server.threads,
         connection_limit=cfg.server.connection_limit,
-        send_bytes=1,  # flush every chunk at once: a stream must not sit in a buffer
+        # send_bytes stays at waitress 3's default of 1: every chunk is flushed at once.
         asyncore_use_poll=True,  # no 1024-descriptor select() limit
         max_request_body_size=int(cfg.server.max_body_mb * 1024 * 1024) + 65536,
         ident="dynllm",
     )
-    if chunked_keepalive and isinstance(server, BaseWSGIServer):
-        server.channel_class = _KeepAliveChannel  # type: ignore[misc]
+    if isinstance(server, BaseWSGIServer):  # one listening socket, as configured here
+        nonblocking_wakeups(server)
+        if chunked_keepalive:
+            server.channel_class = KeepAliveChannel  # type: ignore[misc]
     return server  # type: ignore[return-value]
