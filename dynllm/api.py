@@ -93,15 +93,33 @@ def proxy(endpoint: Endpoint, model_name: str, body: bytes) -> Response:
     except BaseException:
         lease.release()
         raise
-    out = Response(
-        RelayBody(resp, lease, model_name),
-        status=resp.status_code,
-        headers=downstream_headers(resp),
-        direct_passthrough=True,
-    )
+    body_iter = RelayBody(resp, lease, model_name)  # from here on, close() releases the lease
+    try:
+        body_iter.start()
+        out = _RelayResponse(
+            body_iter,
+            status=resp.status_code,
+            headers=downstream_headers(resp),
+            direct_passthrough=True,
+        )
+    except BaseException:
+        body_iter.close()
+        raise
     if "content-type" not in resp.headers:
         del out.headers["Content-Type"]  # Flask's default would misdescribe the body
     return out
+
+
+class _RelayResponse(Response):
+    """Closes its body (so the lease is released) even if the WSGI server
+    rejects the response in ``start_response``, before it ever holds the body."""
+
+    def __call__(self, environ, start_response):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN204
+        try:
+            return super().__call__(environ, start_response)
+        except BaseException:
+            self.close()
+            raise
 
 
 def _json_endpoint(endpoint: Endpoint):  # noqa: ANN202

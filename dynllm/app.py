@@ -44,6 +44,8 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(config.server.max_body_mb * 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # "/v1//chat/completions" would otherwise get an HTML redirect; let it be a JSON 404.
+    app.url_map.merge_slashes = False
     app.extensions[EXTENSION] = Services(config=config, registry=registry, upstream=upstream)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)

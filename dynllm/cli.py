@@ -27,6 +27,13 @@ log = logging.getLogger("dynllm")
 DEFAULT_CONFIG = Path("config.yaml")
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dynllm",
@@ -39,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML config file (default: ./config.yaml if present, else a built-in empty config)",
     )
     p.add_argument("--host", help="bind address (overrides server.host)")
-    p.add_argument("--port", type=int, help="listen port (overrides server.port; 0 = any free)")
+    p.add_argument("--port", type=_port, help="listen port (overrides server.port; 0 = any free)")
     p.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],

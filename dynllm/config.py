@@ -108,7 +108,7 @@ class _Strict(BaseModel):
 
 class ServerConfig(_Strict):
     host: str = "0.0.0.0"
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8000, ge=0, le=65535, strict=True)
     #: waitress worker threads: every in-flight request (a stream included) holds one.
     threads: int = Field(128, ge=4, le=4096)
     #: Open client connections waitress accepts at once.
@@ -125,9 +125,9 @@ class BackendSettings(_Strict):
     llamacpp_binary: str = "llama-server"
     ovms_binary: str = "ovms"
     transformers_binary: str = "transformers"
-    port_range_start: int = Field(9100, ge=1, le=65535)
+    port_range_start: int = Field(9100, ge=1, le=65535, strict=True)
     #: Inclusive.
-    port_range_end: int = Field(9200, ge=1, le=65535)
+    port_range_end: int = Field(9200, ge=1, le=65535, strict=True)
     #: How long a backend may take to become ready (per model override exists).
     load_timeout_seconds: float = Field(300, gt=0)
     #: SIGTERM grace before SIGKILL when a backend is stopped.
@@ -143,10 +143,10 @@ class ModelConfig(_Strict):
     path: str = Field(min_length=1)
     backend: BackendName
     model_type: ModelType = "llm"
-    vram_mb: int = Field(ge=0)
+    vram_mb: int = Field(ge=0, strict=True)
     target_device: str = "CPU"
-    n_gpu_layers: int = -1
-    context_size: int = Field(4096, ge=0)
+    n_gpu_layers: int = Field(-1, strict=True)
+    context_size: int = Field(4096, ge=0, strict=True)
     ovms_shape: str | None = None
     device: str | None = None
     dtype: Annotated[
@@ -175,7 +175,7 @@ class ModelConfig(_Strict):
 
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
-    total_vram_mb: int = Field(8192, ge=0)
+    total_vram_mb: int = Field(8192, ge=0, strict=True)
     idle_timeout_seconds: Timeout = 300.0
     enabled_backends: list[BackendName] = Field(default_factory=lambda: ["llamacpp", "openvino"])
     models_dir: str | None = None
@@ -303,6 +303,9 @@ def _semantic_errors(cfg: Config) -> list[str]:
                 f"{label}: model_type: '{m.model_type}' is not served by backend "
                 f"'{m.backend}' (it serves: {allowed})"
             )
+        for field, values in (("path", [m.path]), ("extra_args", m.extra_args)):
+            if any("\x00" in v for v in values):
+                errors.append(f"{label}: {field}: must not contain NUL characters")
         if m.quantization != "none" and m.model_type != "llm":
             errors.append(
                 f"{label}: quantization: only model_type 'llm' can be quantized, "
@@ -318,6 +321,11 @@ def _semantic_errors(cfg: Config) -> list[str]:
             f"port_range_start ({b.port_range_start})"
         )
     else:
+        if b.port_range_start <= cfg.server.port <= b.port_range_end:
+            errors.append(
+                f"server: port {cfg.server.port} lies inside the backend port range "
+                f"{b.port_range_start}-{b.port_range_end}"
+            )
         size = b.port_range_end - b.port_range_start + 1
         need = max_concurrent_models(cfg.models, cfg.total_vram_mb)
         if size < need:
@@ -365,6 +373,12 @@ def warnings_for(cfg: Config) -> list[str]:
             owner = BACKEND_ONLY_FIELDS.get(field)
             if owner and owner != m.backend:
                 out.append(f"{label}: {field} is only used by backend '{owner}'; ignored")
+    preload = [m for m in cfg.models if m.name in set(cfg.preload_models)]
+    if sum(m.vram_mb for m in preload) > cfg.total_vram_mb:
+        out.append(
+            "preload_models: together they declare more than total_vram_mb; "
+            "later ones will evict earlier ones"
+        )
     for backend in sorted({m.backend for m in cfg.models}):
         binary = cfg.binary_for(backend)
         found = os.access(binary, os.X_OK) if "/" in binary else shutil.which(binary)

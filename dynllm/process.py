@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 #: Marks the start of each run in a model's log file; the tail shown to
 #: clients starts after the last one, so it never mixes in an older run.
 RUN_MARK = "=== dynllm: "
+#: Seconds to wait for a process to vanish after SIGKILL before giving up on it.
+KILL_WAIT = 30.0
 #: A log file larger than this is rotated to ``.1`` when the backend starts again.
 ROTATE_BYTES = 20 * 1024 * 1024
 
@@ -177,6 +179,8 @@ class BackendProcess:
         assert self._popen is not None
         code = self._popen.poll()
         if code is None:
+            # The group is signalled only while its leader is unreaped, so its id
+            # cannot have been handed to another process meanwhile.
             _signal_group(self._popen.pid, signal.SIGTERM)
             try:
                 code = self._popen.wait(grace)
@@ -185,9 +189,15 @@ class BackendProcess:
                     "pid %s ignored SIGTERM for %.1fs; sending SIGKILL", self._popen.pid, grace
                 )
                 _signal_group(self._popen.pid, signal.SIGKILL)
-                code = self._popen.wait()
-        # Children the backend left in its group go too.
-        _signal_group(self._popen.pid, signal.SIGKILL)
+                try:
+                    code = self._popen.wait(KILL_WAIT)
+                except subprocess.TimeoutExpired:  # stuck in the kernel (e.g. a GPU driver)
+                    log.error(
+                        "pid %s did not exit %ss after SIGKILL; giving up on it",
+                        self._popen.pid,
+                        KILL_WAIT,
+                    )
+                    return -signal.SIGKILL
         return code
 
 

@@ -66,6 +66,8 @@ class ModelRecord:
     log_path: Path
     state: State = State.UNLOADED
     proc: ProcessLike | None = None
+    #: Exit code of ``proc`` if it ended while the model was still loading.
+    exit_code: int | None = None
     port: int | None = None
     leases: int = 0
     attempt: Attempt | None = None

@@ -106,9 +106,12 @@ class ModelRegistry:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the lock; afterwards write the rows and log lines queued meanwhile."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             yield
+        finally:
             pending, self._pending = self._pending, []
+            self._lock.release()
         if pending:
             for _row, line in pending:
                 if line:
@@ -226,12 +229,15 @@ class ModelRegistry:
                     self._cond.wait(min(remaining, 1.0))
                     continue
             if start_load:
-                threading.Thread(
-                    target=self._run_load,
-                    args=(m, attempt, victims),
-                    name=f"load-{m.name}",
-                    daemon=True,
-                ).start()
+                try:
+                    threading.Thread(
+                        target=self._run_load,
+                        args=(m, attempt, victims),
+                        name=f"load-{m.name}",
+                        daemon=True,
+                    ).start()
+                except RuntimeError:  # no thread to be had: load in this one instead
+                    self._run_load(m, attempt, victims)
             return self._await_load(m, attempt, lease, deadline)
 
     def _new_lease(self, m: ModelRecord) -> Lease:
@@ -242,7 +248,11 @@ class ModelRegistry:
         return lease
 
     def _await_load(self, m: ModelRecord, attempt: Attempt, lease: Lease, deadline: float) -> Lease:
-        ok = attempt.done.wait(max(0.0, deadline - time.monotonic()))
+        try:
+            ok = attempt.done.wait(max(0.0, deadline - time.monotonic()))
+        except BaseException:  # e.g. SystemExit from a signal during preload
+            lease.release()
+            raise
         with self._locked():
             if ok and attempt.error is None and m.state is State.LOADED:
                 lease.port = m.port or 0
@@ -324,19 +334,23 @@ class ModelRegistry:
             proc = self._launch(argv, m.log_path, m.backend.env(self.config, m.cfg))
             try:
                 proc.start()
-            except OSError as exc:
+            except Exception as exc:  # OSError, or ValueError for an unusable argv
                 proc = None
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise LoadFailed(
-                    f"could not start backend for '{m.name}': {argv[0]}: {exc.strerror or exc}"
+                    f"could not start backend for '{m.name}': {argv[0]}: {why}"
                 ) from None
             with self._locked():
                 m.proc, m.port = proc, port
+                m.exit_code = None
                 m.generation += 1
                 self._queue_row(m)  # pid and argv on disk before we wait on it
             proc.watch(lambda p, code: self._on_exit(m, p, code))
             took = proc.wait_ready(port, m.backend.probe(m.cfg), timeout, cancel=self._cancel)
             with self._locked():
                 if m.state is State.LOADING and m.proc is proc:
+                    if m.exit_code is not None:  # died right after answering the probe
+                        raise ProcessExited(m.exit_code)
                     m.load_order = self._clock()
                     m.loaded_at = time.time()
                     m.last_used = self._clock()
@@ -384,7 +398,10 @@ class ModelRegistry:
         timeout: float,
     ) -> DynLLMError:
         if proc is not None:
-            proc.stop(self.config.backend.stop_timeout_seconds)
+            try:
+                proc.stop(self.config.backend.stop_timeout_seconds)
+            except Exception:  # the bookkeeping below must happen regardless
+                log.exception("could not stop the backend of %s", m.name)
         # Once shutdown began, whatever went wrong is a consequence of it.
         cancelled = isinstance(exc, Cancelled) or self._cancel.is_set()
         if cancelled:
@@ -420,8 +437,13 @@ class ModelRegistry:
         """Watcher callback: a backend process ended (for whatever reason)."""
         tail = log_tail(m.log_path, TAIL_LINES)
         with self._locked():
-            if m.proc is not proc or m.state is not State.LOADED:
-                return  # a stop or a failing load handles it
+            if m.proc is not proc:
+                return  # a stop already took care of it
+            if m.state is State.LOADING:
+                m.exit_code = code  # the load thread sees it before declaring the model loaded
+                return
+            if m.state is not State.LOADED:
+                return  # being stopped: _stop handles it
             m.proc, port, m.port = None, m.port, None
             self._ports.release(port)
             what = f"backend exited unexpectedly with code {describe_returncode(code)}"
@@ -476,9 +498,12 @@ class ModelRegistry:
                 return before.value
         if before is State.LOADED:
             self._stop(m)
-        else:  # already unloading: wait for it
+        else:  # already unloading: wait for it, within a bound
+            deadline = time.monotonic() + self.config.backend.stop_timeout_seconds + 30
             with self._locked():
                 while m.state is State.UNLOADING:
+                    if time.monotonic() > deadline:
+                        raise ModelBusy(f"model '{name}' is still unloading; try again later")
                     self._cond.wait(1.0)
         return before.value
 

@@ -9,6 +9,7 @@ generating) and releases the lease.
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,7 @@ from typing import Protocol
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import ReadTimeoutError
 
 from .errors import BackendTimeout, BackendUnavailable, error_body
 
@@ -41,6 +43,9 @@ HOP_BY_HOP = frozenset(
 _NOT_UPSTREAM = HOP_BY_HOP | {"host", "content-length", "authorization", "expect"}
 _NOT_DOWNSTREAM = HOP_BY_HOP | {"server", "date"}
 
+_READ_ERRORS = (requests.RequestException, Urllib3HTTPError, OSError)
+_TIMEOUTS = (requests.Timeout, ReadTimeoutError, TimeoutError)
+
 #: Largest piece read from the backend at once.
 CHUNK = 64 * 1024
 
@@ -55,6 +60,11 @@ class Upstream:
     def __init__(self, pool_size: int, request_timeout: float, connect_timeout: float = 10.0):
         self.session = requests.Session()
         self.session.trust_env = False  # never send backend traffic through a proxy
+        # Only the client's own headers go upstream (no python-requests defaults
+        # such as Accept-Encoding: gzip the client never asked for) ...
+        self.session.headers.clear()
+        # ... and a cookie one backend sets is never replayed to another client.
+        self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.timeout = (connect_timeout, request_timeout)
@@ -88,8 +98,19 @@ def upstream_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def downstream_headers(resp: requests.Response) -> list[tuple[str, str]]:
-    """Backend headers that go back to the client, plus the no-buffering hint for proxies."""
-    out = [(k, v) for k, v in resp.raw.headers.items() if k.lower() not in _NOT_DOWNSTREAM]
+    """Backend headers that go back to the client, plus the no-buffering hint for proxies.
+
+    Headers waitress would refuse (a Content-Length that is not one number, a
+    value with a line break) are dropped rather than failing the whole response.
+    """
+    out = []
+    for k, v in resp.raw.headers.items():
+        lk = k.lower()
+        if lk in _NOT_DOWNSTREAM or "\r" in v or "\n" in v:
+            continue
+        if lk == "content-length" and not v.isdigit():
+            continue
+        out.append((k, v))
     if "x-accel-buffering" not in resp.raw.headers:
         out.append(("X-Accel-Buffering", "no"))
     return out
@@ -117,16 +138,38 @@ class RelayBody:
         self._resp = resp
         self._lease = lease
         self._model = model
+        self._it = _chunks(resp)
+        self._first = b""
         ctype = resp.headers.get("content-type", "")
         self._sse = ctype.startswith("text/event-stream")
         self._complete = False
         self._closed = False
 
+    def start(self) -> None:
+        """Wait for the first piece of the body.
+
+        Nothing reaches the client before it anyway (waitress sends the headers
+        with the first piece), and a backend that fails before it can still be
+        answered with a clean JSON error instead of a cut response.
+        """
+        try:
+            self._first = next(self._it, b"")
+        except _READ_ERRORS as exc:
+            if isinstance(exc, _TIMEOUTS):
+                raise BackendTimeout(
+                    f"backend for '{self._model}' stopped answering: {exc}"
+                ) from None
+            raise BackendUnavailable(
+                f"backend for '{self._model}' failed before answering: {exc}"
+            ) from None
+
     def __iter__(self) -> Iterator[bytes]:
         # A generator (not __next__) keeps the per-chunk cost to one frame resume.
         try:
-            yield from _chunks(self._resp)
-        except (requests.RequestException, Urllib3HTTPError, OSError) as exc:
+            if self._first:
+                yield self._first
+            yield from self._it
+        except _READ_ERRORS as exc:
             log.warning("model=%s upstream failed mid-response: %s", self._model, exc)
             if not self._sse:
                 raise  # waitress then drops the connection: the body is visibly short

@@ -20,13 +20,14 @@ wake, so :func:`nonblocking_wakeups` simply drops the byte in that case.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
 from waitress import create_server
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
-from waitress.task import WSGITask
+from waitress.task import ErrorTask, WSGITask
 
 if TYPE_CHECKING:  # keep this module free of the config stack (bench/minimal_relay.py)
     from .config import Config
@@ -55,8 +56,40 @@ class KeepAliveTask(WSGITask):
         super().set_close_on_finish()
 
 
+#: Codes for the errors waitress answers itself (before DynLLM sees the request).
+_WAITRESS_CODES = {400: "bad_request", 413: "request_too_large", 431: "headers_too_large"}
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's own errors (unparsable request, body over its limit, app crash
+    before the first byte) as OpenAI-shaped JSON instead of text/plain."""
+
+    def execute(self) -> None:
+        e = self.request.error
+        code = int(e.code)
+        body = json.dumps(
+            {
+                "error": {
+                    "message": f"{e.reason}: {e.body}".strip(": "),
+                    "type": "invalid_request_error" if code < 500 else "server_error",
+                    "param": None,
+                    "code": _WAITRESS_CODES.get(
+                        code, "http_error" if code < 500 else "internal_error"
+                    ),
+                    "source": "dynllm",
+                }
+            }
+        ).encode()
+        self.status = f"{code} {e.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
 class KeepAliveChannel(HTTPChannel):
     task_class = KeepAliveTask
+    error_task_class = JsonErrorTask
 
 
 def nonblocking_wakeups(server: BaseWSGIServer) -> None:
@@ -74,7 +107,7 @@ def nonblocking_wakeups(server: BaseWSGIServer) -> None:
     trigger._physical_pull = pull
 
 
-def make_server(app: Any, cfg: Config, chunked_keepalive: bool = True) -> BaseWSGIServer:
+def make_server(app: Any, cfg: Config) -> BaseWSGIServer:
     """A bound (not yet running) waitress server for ``app``."""
     server = create_server(
         app,
@@ -89,6 +122,5 @@ def make_server(app: Any, cfg: Config, chunked_keepalive: bool = True) -> BaseWS
     )
     if isinstance(server, BaseWSGIServer):  # one listening socket, as configured here
         nonblocking_wakeups(server)
-        if chunked_keepalive:
-            server.channel_class = KeepAliveChannel  # type: ignore[misc]
+        server.channel_class = KeepAliveChannel  # type: ignore[misc]
     return server  # type: ignore[return-value]

@@ -64,6 +64,16 @@ def test_body_over_the_limit_is_413(d) -> None:  # noqa: ANN001
     _err(d.post("/v1/chat/completions", data=big), 413, "request_too_large")
 
 
+def test_body_far_over_the_limit_is_a_json_413_too(d) -> None:  # noqa: ANN001
+    # Large enough for waitress itself to refuse it before DynLLM's code runs.
+    big = b'{"model": "chat", "pad": "' + b"x" * 200_000 + b'"}'
+    _err(d.post("/v1/chat/completions", data=big), 413, "request_too_large")
+
+
+def test_double_slash_path_is_a_json_404(d) -> None:  # noqa: ANN001
+    _err(d.post("/v1//chat/completions", json={"model": "chat"}), 404, "not_found")
+
+
 def test_wrong_method_is_405(d) -> None:  # noqa: ANN001
     r = d.get("/v1/chat/completions")
     _err(r, 405, "method_not_allowed")

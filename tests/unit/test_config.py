@@ -219,3 +219,18 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "config.example.yaml"
     cfg = load_config(example)
     assert cfg.models, "the example should show models"
+
+
+def test_nul_bytes_are_refused() -> None:
+    errs = errors_of({"models": [model("a", extra_args=["-x", "a\x00b"])]})
+    assert errs == ["models[0] (a): extra_args: must not contain NUL characters"]
+
+
+def test_server_port_inside_backend_range_is_refused() -> None:
+    (err,) = errors_of({"server": {"port": 9150}})
+    assert "lies inside the backend port range 9100-9200" in err
+
+
+def test_booleans_are_not_numbers() -> None:
+    (err,) = errors_of({"models": [model("a", vram_mb=True)]})
+    assert err.startswith("models[0] (a): vram_mb:")

@@ -39,6 +39,8 @@ class StubProcess:
     def start(self) -> None:
         if self.behaviour.get("spawn_error"):
             raise FileNotFoundError(2, "No such file or directory")
+        if self.behaviour.get("bad_argv"):
+            raise ValueError("embedded null byte")
 
     def poll(self) -> int | None:
         return self.code
@@ -55,6 +57,8 @@ class StubProcess:
             raise ProcessExited(self.code)
         if self.behaviour.get("timeout"):
             raise ReadyTimeout("not ready")
+        if self.behaviour.get("die_after_ready"):
+            self.crash(-11)  # the watcher reports it before the load thread moves on
         return 0.001
 
     def stop(self, grace: float) -> int:
@@ -374,3 +378,25 @@ def test_no_free_port_fails_before_any_process(env) -> None:
         reg.acquire("a")
     assert reg.state_of("a") is State.FAILED
     assert launcher.started == []
+
+
+def test_backend_dying_right_after_its_probe_is_not_declared_loaded(env) -> None:
+    reg, launcher, _ = env([("a", 100)])
+    launcher.plan["a"] = {"die_after_ready": True}
+    with pytest.raises(LoadFailed, match="SIGSEGV"):
+        reg.acquire("a")
+    assert reg.state_of("a") is State.FAILED
+    assert reg.snapshot()["used_vram_mb"] == 0
+
+
+def test_unusable_argv_fails_the_load_instead_of_sticking_in_loading(env) -> None:
+    reg, launcher, _ = env([("a", 100)])
+    launcher.plan["a"] = {"bad_argv": True}
+    with pytest.raises(LoadFailed, match="embedded null byte"):
+        reg.acquire("a")
+    snap = reg.snapshot()
+    assert snap["models"][0]["state"] == "failed" and snap["used_vram_mb"] == 0
+    assert reg._ports.in_use() == set()
+    launcher.plan["a"] = {}
+    reg.acquire("a").release()
+    assert reg.state_of("a") is State.LOADED

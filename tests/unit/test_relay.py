@@ -92,3 +92,63 @@ def test_close_before_iteration_still_releases() -> None:
     resp, lease = Resp(), FakeLease()
     RelayBody(resp, lease, "m").close()  # type: ignore[arg-type]
     assert resp.closed and lease.released == 1
+
+
+class RawStub:
+    chunked = False
+    length_remaining = 10
+
+    def __init__(self, headers: dict[str, str], error: Exception | None = None) -> None:
+        self.headers = headers
+        self._error = error
+
+    def stream(self, *_a, **_k):  # noqa: ANN002, ANN003, ANN201
+        if self._error is not None:
+            raise self._error
+        yield b"0123456789"
+
+
+class RespStub:
+    def __init__(self, raw: RawStub) -> None:
+        self.raw = raw
+        self.headers = {k.lower(): v for k, v in raw.headers.items()}
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_unusable_backend_headers_are_dropped() -> None:
+    resp = RespStub(RawStub({"Content-Length": "2x", "X-Ok": "1", "X-Bad": "a\r\nb"}))
+    assert dict(downstream_headers(resp)) == {"X-Ok": "1", "X-Accel-Buffering": "no"}  # type: ignore[arg-type]
+
+
+def test_body_failing_before_its_first_byte_is_a_clean_502() -> None:
+    from urllib3.exceptions import ProtocolError
+
+    resp, lease = RespStub(RawStub({}, ProtocolError("connection reset"))), FakeLease()
+    body = RelayBody(resp, lease, "m")  # type: ignore[arg-type]
+    with pytest.raises(BackendUnavailable, match="failed before answering"):
+        body.start()
+    body.close()
+    assert resp.closed and lease.released == 1
+
+
+def test_body_timing_out_before_its_first_byte_is_a_504() -> None:
+    from urllib3.exceptions import ReadTimeoutError
+
+    resp = RespStub(RawStub({}, ReadTimeoutError(None, "/", "read timed out")))  # type: ignore[arg-type]
+    with pytest.raises(BackendTimeout):
+        RelayBody(resp, FakeLease(), "m").start()  # type: ignore[arg-type]
+
+
+@responses.activate
+def test_only_the_clients_headers_go_upstream_and_no_cookies_are_kept() -> None:
+    responses.post(URL, body=b"{}", headers={"Set-Cookie": "sid=secret; Path=/"})
+    up = Upstream(pool_size=4, request_timeout=5)
+    up.send("POST", URL, b"{}", {"Content-Type": "application/json"}).close()
+    up.send("POST", URL, b"{}", {"Content-Type": "application/json"}).close()
+    sent = responses.calls[1].request.headers
+    assert "Cookie" not in sent
+    assert "python-requests" not in sent.get("User-Agent", "")
+    assert "gzip" not in sent.get("Accept-Encoding", "")
