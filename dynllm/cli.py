@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -156,6 +157,21 @@ class _Phases:
         raise SystemExit(0)
 
 
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or ``None`` if it can (checked by binding)."""
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress does
+            s.bind(addr)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def serve(cfg: Config) -> int:
     """Run until SIGTERM/SIGINT; every backend is stopped before returning."""
     from .app import create_app
@@ -168,6 +184,10 @@ def serve(cfg: Config) -> int:
     signal.signal(signal.SIGTERM, phases.handler)
     signal.signal(signal.SIGINT, phases.handler)
 
+    problem = _listen_problem(cfg.server.host, cfg.server.port)
+    if problem:  # say so now, not after a long preload
+        log.error("cannot listen on %s:%s: %s", cfg.server.host, cfg.server.port, problem)
+        return 1
     store = Store(cfg.db_path)
     registry = ModelRegistry(cfg, store)
     sweeper = Sweeper(registry, cfg.server.sweep_interval_seconds)
@@ -181,7 +201,11 @@ def serve(cfg: Config) -> int:
             except DynLLMError as exc:
                 log.error("preload of %s failed: %s", name, exc.message)
         app = create_app(cfg, registry)
-        server = make_server(app, cfg)
+        try:
+            server = make_server(app, cfg)
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s", cfg.server.host, cfg.server.port, exc.strerror)
+            return 1
         sweeper.start()
         log.info(
             "listening on http://%s:%s",

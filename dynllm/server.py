@@ -87,9 +87,12 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
-class KeepAliveChannel(HTTPChannel):
-    task_class = KeepAliveTask
+class JsonErrorChannel(HTTPChannel):
     error_task_class = JsonErrorTask
+
+
+class KeepAliveChannel(JsonErrorChannel):
+    task_class = KeepAliveTask
 
 
 def nonblocking_wakeups(server: BaseWSGIServer) -> None:
@@ -107,8 +110,12 @@ def nonblocking_wakeups(server: BaseWSGIServer) -> None:
     trigger._physical_pull = pull
 
 
-def make_server(app: Any, cfg: Config) -> BaseWSGIServer:
-    """A bound (not yet running) waitress server for ``app``."""
+def make_server(app: Any, cfg: Config, chunked_keepalive: bool = True) -> BaseWSGIServer:
+    """A bound (not yet running) waitress server for ``app``.
+
+    :param chunked_keepalive: keep connections open after chunked responses
+        (off only to measure what it saves, see ``bench/``).
+    """
     server = create_server(
         app,
         host=cfg.server.host,
@@ -122,5 +129,7 @@ def make_server(app: Any, cfg: Config) -> BaseWSGIServer:
     )
     if isinstance(server, BaseWSGIServer):  # one listening socket, as configured here
         nonblocking_wakeups(server)
-        server.channel_class = KeepAliveChannel  # type: ignore[misc]
+        server.channel_class = (  # type: ignore[misc]
+            KeepAliveChannel if chunked_keepalive else JsonErrorChannel
+        )
     return server  # type: ignore[return-value]

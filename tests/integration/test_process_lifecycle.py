@@ -159,3 +159,40 @@ def test_healing_leaves_an_unrelated_process_with_a_recycled_pid_alone(tmp_path,
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_port_in_use_is_a_clear_error_before_any_preload(tmp_path, spec, models) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support.harness import write_config
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        cfg = write_config(tmp_path / "config.yaml", [spec("a")], preload_models=["a"])
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dynllm",
+                "--config",
+                str(cfg),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        blocker.close()
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert models.starts("a") == []  # nothing was preloaded for nothing
