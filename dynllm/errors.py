@@ -62,12 +62,6 @@ class WrongModelType(InvalidRequest):
     code = "model_type_mismatch"
 
 
-class Unauthorized(DynLLMError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
-
-
 class NotFound(DynLLMError):
     status = 404
     type = "invalid_request_error"

@@ -73,7 +73,6 @@ class ModelRecord:
     attempt: Attempt | None = None
     #: The pending attempt has reserved VRAM but is not ``loading`` yet.
     reserved: bool = False
-    generation: int = 0
     load_order: float = 0.0
     loaded_at: float | None = None
     last_used: float = 0.0  # monotonic
@@ -93,13 +92,12 @@ class Lease:
     Released exactly once, however many times :meth:`release` is called.
     """
 
-    __slots__ = ("_registry", "name", "port", "generation", "_released")
+    __slots__ = ("_registry", "name", "port", "_released")
 
     def __init__(self, registry: ModelRegistry, name: str) -> None:
         self._registry = registry
         self.name = name
         self.port: int = 0
-        self.generation = 0
         self._released = False
 
     @property

@@ -243,7 +243,6 @@ class ModelRegistry:
     def _new_lease(self, m: ModelRecord) -> Lease:
         lease = Lease(self, m.name)
         lease.port = m.port or 0
-        lease.generation = m.generation
         m.leases += 1
         return lease
 
@@ -256,7 +255,6 @@ class ModelRegistry:
         with self._locked():
             if ok and attempt.error is None and m.state is State.LOADED:
                 lease.port = m.port or 0
-                lease.generation = m.generation
                 return lease
         lease.release()
         if not ok:
@@ -343,7 +341,6 @@ class ModelRegistry:
             with self._locked():
                 m.proc, m.port = proc, port
                 m.exit_code = None
-                m.generation += 1
                 self._queue_row(m)  # pid and argv on disk before we wait on it
             proc.watch(lambda p, code: self._on_exit(m, p, code))
             took = proc.wait_ready(port, m.backend.probe(m.cfg), timeout, cancel=self._cancel)
