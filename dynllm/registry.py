@@ -178,11 +178,15 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ leases
 
-    def lookup(self, name: str) -> ModelConfig:
+    def _record(self, name: str) -> ModelRecord:
+        """The record of a configured model (the dict never changes after start)."""
         m = self._models.get(name)
         if m is None:
             raise ModelNotFound(f"The model '{name}' does not exist", param="model")
-        return m.cfg
+        return m
+
+    def lookup(self, name: str) -> ModelConfig:
+        return self._record(name).cfg
 
     def backend_of(self, name: str) -> Backend:
         backend = self._models[name].backend
@@ -195,9 +199,7 @@ class ModelRegistry:
         Blocks (without holding the lock) while the model loads; every caller
         waiting for the same model shares one load and gets the same error.
         """
-        m = self._models.get(name)
-        if m is None:
-            raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+        m = self._record(name)
         with self._lock:  # the common case, kept short: loaded and idle or serving
             if m.state is State.LOADED and m.attempt is None and not self._closing:
                 return self._new_lease(m)
@@ -474,9 +476,7 @@ class ModelRegistry:
         A model that is serving or loading is refused with :class:`ModelBusy`
         (409): an unload never cuts a request short.
         """
-        m = self._models.get(name)
-        if m is None:
-            raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+        m = self._record(name)
         with self._locked():
             before = m.state
             if m.attempt is not None or m.state is State.LOADING:
