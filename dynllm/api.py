@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Blueprint, Response, jsonify, request
 
+from .bodies import (
+    MultipartBody,
+    SplicedFile,
+    check_model,
+    json_string,
+    json_with_model,
+    parse_json,
+)
+from .config import ModelConfig
 from .endpoints import PATHS, SERVES, Endpoint, endpoints_for
-from .errors import DynLLMError, InvalidRequest, ModelNotFound, WrongModelType
+from .errors import DynLLMError, ModelNotFound, WrongModelType
+from .records import Lease
 from .relay import RelayBody, downstream_headers, upstream_headers
 from .services import services
 
 bp = Blueprint("api", __name__)
+
+
+class UpstreamBody(Protocol):
+    """A parsed request: the model it names, and its body as it goes upstream."""
+
+    model: str
+
+    def upstream(self, model: str | None) -> bytes | SplicedFile: ...
 
 
 def _model_entry(cfg: Any, state: str, created: int) -> dict[str, Any]:
@@ -45,61 +62,74 @@ def get_model(model_id: str) -> Response:
     return jsonify(_model_entry(cfg, svc.registry.states()[cfg.name], svc.started))
 
 
-def read_model_field(body: bytes) -> str:
-    """The ``model`` of a JSON body, with a 400 for anything malformed."""
-    if not body:
-        raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(
-            f"request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
-    model = doc.get("model")
-    if model is None:
-        raise InvalidRequest(
-            "you must provide a model parameter", param="model", code="missing_model"
-        )
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest(
-            "'model' must be a non-empty string", param="model", code="invalid_model"
-        )
-    return model
+class JsonRequest:
+    """A JSON request body and the model it names."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.doc = parse_json(raw)
+        self.model = check_model(self.doc.get("model"))
+
+    def upstream(self, model: str | None) -> bytes:
+        return self.raw if model is None else json_with_model(self.doc, model)
 
 
-def proxy(endpoint: Endpoint, model_name: str, body: bytes) -> Response:
-    """Lease the model, send the request upstream, return the streaming response."""
-    svc = services()
-    cfg = svc.registry.lookup(model_name)
+class RawRequest:
+    """A body forwarded as it is (the model comes from the URL)."""
+
+    def __init__(self, raw: bytes, model: str) -> None:
+        self.raw = raw
+        self.model = model
+
+    def upstream(self, model: str | None) -> bytes:
+        return self.raw
+
+
+def check_endpoint(cfg: ModelConfig, endpoint: Endpoint) -> None:
+    """A 400 naming the endpoints the model does serve, if ``endpoint`` is not one."""
     if cfg.model_type not in SERVES[endpoint]:
         served = ", ".join(endpoints_for(cfg.model_type)) or "none"
         raise WrongModelType(
-            f"model '{model_name}' (model_type {cfg.model_type}) cannot be used with "
+            f"model '{cfg.name}' (model_type {cfg.model_type}) cannot be used with "
             f"{request.path}; it serves: {served}",
             param="model",
         )
-    lease = svc.registry.acquire(model_name)
+
+
+def proxy(endpoint: Endpoint, req: UpstreamBody) -> Response:
+    """Lease the model, send the request upstream, return the streaming response."""
+    svc = services()
+    cfg = svc.registry.lookup(req.model)
+    check_endpoint(cfg, endpoint)
+    lease = svc.registry.acquire(req.model)
+    return relay(lease, cfg, endpoint, req)
+
+
+def relay(lease: Lease, cfg: ModelConfig, endpoint: Endpoint, req: UpstreamBody) -> Response:
+    """Send the request to the leased backend; the lease is released when the response ends."""
+    svc = services()
     try:
-        backend = svc.registry.backend_of(model_name)
-        upstream_body = backend.rewrite_body(cfg, body, request.environ.get("CONTENT_TYPE", ""))
-        url = lease.base_url + backend.upstream_path(cfg, endpoint)
+        backend = svc.registry.backend_of(cfg.name)
+        backend_model = backend.upstream_model(cfg)
+        url = lease.base_url + backend.upstream_path(cfg, endpoint, request.path)
         if request.query_string:
             url += "?" + request.query_string.decode("latin-1")
         resp = svc.upstream.send(
-            request.method, url, upstream_body, upstream_headers(request.headers)
+            request.method, url, req.upstream(backend_model), upstream_headers(request.headers)
         )
     except BaseException:
         lease.release()
         raise
-    body_iter = RelayBody(resp, lease, model_name)  # from here on, close() releases the lease
+    rename = None
+    if backend_model is not None and backend_model != cfg.name:
+        rename = (json_string(backend_model), json_string(cfg.name))
+    body_iter = RelayBody(resp, lease, cfg.name, rename)  # from here on, close() releases the lease
     try:
         body_iter.start()
         out = _RelayResponse(
             body_iter,
             status=resp.status_code,
-            headers=downstream_headers(resp),
+            headers=downstream_headers(resp, body_changed=rename is not None),
             direct_passthrough=True,
         )
     except BaseException:
@@ -124,15 +154,40 @@ class _RelayResponse(Response):
 
 def _json_endpoint(endpoint: Endpoint):  # noqa: ANN202
     def view() -> Response:
-        body = request.get_data(cache=False)
-        return proxy(endpoint, read_model_field(body), body)
+        return proxy(endpoint, JsonRequest(request.get_data(cache=False)))
 
     view.__name__ = f"proxy_{endpoint.value}"
     return view
 
 
-for _ep in (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS, Endpoint.RERANK):
+def _multipart_endpoint(endpoint: Endpoint):  # noqa: ANN202
+    def view() -> Response:
+        body = MultipartBody(request.stream, request.content_type or "")
+        try:
+            return proxy(endpoint, body)
+        finally:
+            # The upload is on its way upstream (or refused) once proxy() returns:
+            # requests sends the whole body before it reads the answer.
+            body.close()
+
+    view.__name__ = f"proxy_{endpoint.value}"
+    return view
+
+
+JSON_ENDPOINTS = (
+    Endpoint.CHAT,
+    Endpoint.COMPLETIONS,
+    Endpoint.EMBEDDINGS,
+    Endpoint.RERANK,
+    Endpoint.SPEECH,
+    Endpoint.IMAGES,
+)
+MULTIPART_ENDPOINTS = (Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS)
+
+for _ep in JSON_ENDPOINTS:
     bp.add_url_rule(PATHS[_ep], view_func=_json_endpoint(_ep), methods=["POST"])
+for _ep in MULTIPART_ENDPOINTS:
+    bp.add_url_rule(PATHS[_ep], view_func=_multipart_endpoint(_ep), methods=["POST"])
 
 
 @bp.get("/health")
@@ -149,4 +204,4 @@ def health() -> Response:
     )
 
 
-__all__ = ["bp", "proxy", "read_model_field", "DynLLMError"]
+__all__ = ["bp", "proxy", "relay", "check_endpoint", "RawRequest", "DynLLMError"]

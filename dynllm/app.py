@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from . import admin, api
+from . import admin, api, kserve
 from .config import Config, default_config
 from .errors import DynLLMError, error_body
 from .registry import ModelRegistry
@@ -49,6 +49,7 @@ def create_app(
     app.extensions[EXTENSION] = Services(config=config, registry=registry, upstream=upstream)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(kserve.bp)
 
     @app.errorhandler(DynLLMError)
     def dynllm_error(exc: DynLLMError) -> tuple[Response, int, dict[str, str]]:

@@ -114,7 +114,7 @@ class ServerConfig(_Strict):
     #: Open client connections waitress accepts at once.
     connection_limit: int = Field(1024, ge=16)
     #: Largest request body accepted, in MiB.
-    max_body_mb: float = Field(100, gt=0)
+    max_body_mb: float = Field(200, gt=0)
     #: On SIGTERM, how long in-flight requests may finish before backends stop.
     shutdown_grace_seconds: float = Field(5, ge=0)
     #: How often the idle sweeper looks for models to unload.
@@ -205,6 +205,10 @@ class Config(_Strict):
             return Path(self.backend.log_dir)
         return Path(self.db_path).parent / "logs"
 
+    def run_dir(self) -> Path:
+        """Where files written for backends (such as OVMS config files) live."""
+        return Path(self.db_path).parent / "run"
+
     def binary_for(self, backend: str) -> str:
         return {
             "llamacpp": self.backend.llamacpp_binary,
@@ -224,6 +228,11 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         lines = "\n".join(f"  - {e}" for e in self.errors)
         return f"invalid configuration ({self.source}):\n{lines}"
+
+
+def safe_filename(name: str) -> str:
+    """A model name made safe to use in a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "model"
 
 
 _NAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]+$")

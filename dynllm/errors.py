@@ -100,6 +100,14 @@ class ModelUnavailable(DynLLMError):
     code = "model_unavailable"
 
 
+class ModelNotReady(DynLLMError):
+    """KServe readiness of a model that is not loaded (the route never loads one)."""
+
+    status = 503
+    type = "server_error"
+    code = "model_not_ready"
+
+
 class BackendUnavailable(DynLLMError):
     """The backend went away or refused the connection."""
 

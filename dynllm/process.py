@@ -201,6 +201,18 @@ class BackendProcess:
         return code
 
 
+def write_files(files: dict[str, str]) -> None:
+    """Write each file atomically (a temporary file renamed into place), readable by us only."""
+    for path, text in files.items():
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+
+
 def probe_once(port: int, probe: Probe, timeout: float) -> bool:
     """One readiness request; any connection problem simply means *not yet*."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

@@ -6,7 +6,6 @@ and only while holding its lock.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -62,7 +61,7 @@ class Attempt:
 @dataclass
 class ModelRecord:
     cfg: ModelConfig
-    backend: Backend | None
+    backend: Backend
     log_path: Path
     state: State = State.UNLOADED
     proc: ProcessLike | None = None
@@ -108,7 +107,3 @@ class Lease:
         if not self._released:
             self._released = True
             self._registry._release(self)
-
-
-def safe_filename(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "model"

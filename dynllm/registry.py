@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .backends import Backend, get_backend
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, safe_filename
 from .errors import (
     DynLLMError,
     LoadFailed,
@@ -44,6 +44,7 @@ from .process import (
     describe_returncode,
     kill_leftover,
     log_tail,
+    write_files,
 )
 from .records import (
     Attempt,
@@ -52,7 +53,6 @@ from .records import (
     ModelRecord,
     ProcessLike,
     default_launcher,
-    safe_filename,
 )
 from .states import HOLDS_VRAM, STOPPED, State, check_transition
 from .store import ModelRow, Store
@@ -88,7 +88,7 @@ class ModelRegistry:
         for m in config.models:
             self._models[m.name] = ModelRecord(
                 cfg=m,
-                backend=_backend_or_none(m.backend),
+                backend=get_backend(m.backend),
                 log_path=log_dir / f"{safe_filename(m.name)}.log",
             )
         if store is not None:
@@ -189,9 +189,7 @@ class ModelRegistry:
         return self._record(name).cfg
 
     def backend_of(self, name: str) -> Backend:
-        backend = self._models[name].backend
-        assert backend is not None  # acquire() refused the model otherwise
-        return backend
+        return self._models[name].backend
 
     def acquire(self, name: str, timeout: float | None = None) -> Lease:
         """Return a lease on a loaded model, loading it first if needed.
@@ -242,6 +240,14 @@ class ModelRegistry:
                     self._run_load(m, attempt, victims)
             return self._await_load(m, attempt, lease, deadline)
 
+    def lease_if_loaded(self, name: str) -> Lease | None:
+        """A lease on ``name`` if it is loaded right now; never starts a load."""
+        m = self._record(name)
+        with self._lock:
+            if m.state is State.LOADED and m.attempt is None and not self._closing:
+                return self._new_lease(m)
+            return None
+
     def _new_lease(self, m: ModelRecord) -> Lease:
         lease = Lease(self, m.name)
         lease.port = m.port or 0
@@ -281,12 +287,6 @@ class ModelRegistry:
                 f"model '{m.name}' declares vram_mb {m.cfg.vram_mb}, more than the whole "
                 f"budget total_vram_mb {budget}; it can never be loaded",
                 code="model_exceeds_budget",
-            )
-        if m.backend is None:
-            raise ModelUnavailable(
-                f"backend '{m.cfg.backend}' of model '{m.name}' is not available in this "
-                "version of DynLLM",
-                code="backend_not_implemented",
             )
         if not os.path.exists(m.cfg.path):
             raise ModelUnavailable(
@@ -331,6 +331,12 @@ class ModelRegistry:
             self._wait_for_room(m, started + self.config.backend.stop_timeout_seconds + 30)
             port = self._ports.reserve()
             argv = m.backend.argv(self.config, m.cfg, port)
+            try:
+                write_files(m.backend.files(self.config, m.cfg))
+            except OSError as exc:
+                raise LoadFailed(
+                    f"could not write the backend files for '{m.name}': {exc}"
+                ) from None
             proc = self._launch(argv, m.log_path, m.backend.env(self.config, m.cfg))
             try:
                 proc.start()
@@ -628,10 +634,3 @@ class ModelRegistry:
     def states(self) -> dict[str, str]:
         with self._lock:
             return {name: m.state.value for name, m in self._models.items()}
-
-
-def _backend_or_none(name: str) -> Backend | None:
-    try:
-        return get_backend(name)
-    except NotImplementedError:
-        return None

@@ -13,13 +13,14 @@ import http.cookiejar
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Protocol
+from typing import IO, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import ReadTimeoutError
 
+from .bodies import Renamer
 from .errors import BackendTimeout, BackendUnavailable, error_body
 
 log = logging.getLogger("dynllm.relay")
@@ -70,7 +71,7 @@ class Upstream:
         self.timeout = (connect_timeout, request_timeout)
 
     def send(
-        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+        self, method: str, url: str, body: bytes | IO[bytes] | None, headers: Mapping[str, str]
     ) -> requests.Response:
         """Open the upstream request; raises a DynLLM error if the backend is unreachable."""
         try:
@@ -97,18 +98,21 @@ def upstream_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _NOT_UPSTREAM}
 
 
-def downstream_headers(resp: requests.Response) -> list[tuple[str, str]]:
+def downstream_headers(
+    resp: requests.Response, body_changed: bool = False
+) -> list[tuple[str, str]]:
     """Backend headers that go back to the client, plus the no-buffering hint for proxies.
 
     Headers waitress would refuse (a Content-Length that is not one number, a
-    value with a line break) are dropped rather than failing the whole response.
+    value with a line break) are dropped rather than failing the whole response,
+    and so is the Content-Length of a body DynLLM rewrites on the way.
     """
     out = []
     for k, v in resp.raw.headers.items():
         lk = k.lower()
         if lk in _NOT_DOWNSTREAM or "\r" in v or "\n" in v:
             continue
-        if lk == "content-length" and not v.isdigit():
+        if lk == "content-length" and (body_changed or not v.isdigit()):
             continue
         out.append((k, v))
     if "x-accel-buffering" not in resp.raw.headers:
@@ -131,14 +135,31 @@ def _chunks(resp: requests.Response) -> Iterator[bytes]:
             yield data
 
 
+def _renamed(chunks: Iterator[bytes], old: bytes, new: bytes) -> Iterator[bytes]:
+    renamer = Renamer(old, new)
+    for chunk in chunks:
+        out = renamer.feed(chunk)
+        if out:
+            yield out
+    tail = renamer.flush()
+    if tail:
+        yield tail
+
+
 class RelayBody:
     """WSGI response iterable that relays a backend response and cleans up on close."""
 
-    def __init__(self, resp: requests.Response, lease: Releasable, model: str) -> None:
+    def __init__(
+        self,
+        resp: requests.Response,
+        lease: Releasable,
+        model: str,
+        rename: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self._resp = resp
         self._lease = lease
         self._model = model
-        self._it = _chunks(resp)
+        self._it = _chunks(resp) if rename is None else _renamed(_chunks(resp), *rename)
         self._first = b""
         ctype = resp.headers.get("content-type", "")
         self._sse = ctype.startswith("text/event-stream")

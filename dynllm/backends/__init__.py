@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from .base import Backend, Probe
 from .llamacpp import LlamaCppBackend
+from .openvino import OpenVINOBackend
+from .transformers import TransformersBackend
 
 _BACKENDS: dict[str, Backend] = {
-    "llamacpp": LlamaCppBackend(),
+    b.name: b for b in (LlamaCppBackend(), OpenVINOBackend(), TransformersBackend())
 }
 
 
 def get_backend(name: str) -> Backend:
     """The (stateless, shared) backend object for a config ``backend`` value."""
-    try:
-        return _BACKENDS[name]
-    except KeyError:
-        raise NotImplementedError(f"backend '{name}' is not implemented yet") from None
+    return _BACKENDS[name]
 
 
 __all__ = ["Backend", "Probe", "get_backend"]

@@ -1,8 +1,10 @@
 """What every backend class provides: pure functions of the config, no I/O.
 
-A backend turns a model's config into a command line, says how readiness is
-probed, maps a public endpoint to its own route and may rewrite a body.  The
-process module and the registry do all the spawning, probing and waiting.
+A backend turns a model's config into a command line (and the files that
+command line names), says how readiness is probed, maps a public route to its
+own, and names the ``model`` value it expects in request bodies.  The process
+module and the registry do all the writing, spawning, probing and waiting; the
+views do the body rewriting.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..config import Config, ModelConfig
-from ..endpoints import PATHS, Endpoint
+from ..endpoints import Endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,10 @@ class Backend:
     def argv(self, cfg: Config, model: ModelConfig, port: int) -> list[str]:
         raise NotImplementedError
 
+    def files(self, cfg: Config, model: ModelConfig) -> dict[str, str]:
+        """Files the command line refers to: absolute path -> text, written before spawning."""
+        return {}
+
     def env(self, cfg: Config, model: ModelConfig) -> dict[str, str]:
         """Environment variables added to the backend's environment."""
         return {}
@@ -38,10 +44,15 @@ class Backend:
     def probe(self, model: ModelConfig) -> Probe:
         return Probe("GET", "/health")
 
-    def upstream_path(self, model: ModelConfig, endpoint: Endpoint) -> str:
-        """The backend's own route for a public endpoint (identity by default)."""
-        return PATHS[endpoint]
+    def upstream_path(self, model: ModelConfig, endpoint: Endpoint, path: str) -> str:
+        """The backend's own route for the public ``path`` of ``endpoint`` (same by default)."""
+        return path
 
-    def rewrite_body(self, model: ModelConfig, body: bytes, content_type: str) -> bytes:
-        """Change the request body before it goes upstream (unchanged by default)."""
-        return body
+    def upstream_model(self, model: ModelConfig) -> str | None:
+        """The ``model`` value the backend expects in request bodies.
+
+        ``None`` (the default) forwards the client's value, the public name,
+        unchanged.  Otherwise the views put this value in the body (JSON or
+        multipart) and turn it back into the public name in the response.
+        """
+        return None

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from dynllm.backends import get_backend
+from dynllm.backends import Probe, get_backend
 from dynllm.config import build_config
 from dynllm.endpoints import Endpoint
 
@@ -13,7 +13,16 @@ from dynllm.endpoints import Endpoint
 def cfg_with(**model: Any):  # noqa: ANN201
     base = {"name": "qwen", "path": "/m/q.gguf", "backend": "llamacpp", "vram_mb": 1}
     return build_config(
-        {"backend": {"llamacpp_binary": "/opt/llama-server"}, "models": [{**base, **model}]},
+        {
+            "backend": {
+                "llamacpp_binary": "/opt/llama-server",
+                "ovms_binary": "/opt/ovms/bin/ovms",
+                "transformers_binary": "/venv/bin/transformers",
+            },
+            "enabled_backends": ["llamacpp", "openvino", "transformers"],
+            "db_path": "/var/lib/dynllm/state.db",
+            "models": [{**base, **model}],
+        },
         Path("/"),
     )
 
@@ -57,10 +66,11 @@ def test_llamacpp_routes_and_probe() -> None:
     cfg = cfg_with()
     b = get_backend("llamacpp")
     m = cfg.models[0]
-    assert b.upstream_path(m, Endpoint.CHAT) == "/v1/chat/completions"
-    assert b.upstream_path(m, Endpoint.RERANK) == "/v1/rerank"
-    assert b.probe(m).path == "/health"
-    assert b.rewrite_body(m, b'{"model":"qwen"}', "application/json") == b'{"model":"qwen"}'
+    assert b.upstream_path(m, Endpoint.CHAT, "/v1/chat/completions") == "/v1/chat/completions"
+    assert b.upstream_path(m, Endpoint.RERANK, "/v1/rerank") == "/v1/rerank"
+    assert b.probe(m) == Probe("GET", "/health")
+    assert b.upstream_model(m) is None  # --alias makes llama-server speak the public name
+    assert b.files(cfg, m) == {}
 
 
 def test_same_command_recognises_scripts_and_rejects_strangers() -> None:
