@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from . import __version__
+from . import __version__, torchinfo
 from .config import (
     Config,
     ConfigError,
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("dynllm %s, config: %s", __version__, source)
     for w in warnings:
         log.warning("config: %s", w)
+    torchinfo.report_in_background(cfg)
     if not cfg.models:
         log.info(
             "no models configured: copy config.example.yaml to config.yaml, add models "
