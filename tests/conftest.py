@@ -29,7 +29,7 @@ def dynllm(tmp_path: Path) -> Iterator[Callable[..., DynLLM]]:
     for d in started:
         if d.proc is not None and d.proc.poll() is None:
             assert d.stop(signal.SIGTERM) == 0, d.log()
-    needle = str(tmp_path / "models")
+    needle = str(tmp_path)  # backends name a model or config file under it
     try:
         wait_for(lambda: not live_pids_matching(needle), timeout=10)
     except AssertionError:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import ModelDir
+from tests.support.harness import ModelDir, OvmsModelDir
 
 
 @pytest.fixture
@@ -36,6 +36,43 @@ def spec(models: ModelDir) -> Callable[..., dict[str, Any]]:
             "name": name,
             "path": str(path),
             "backend": "llamacpp",
+            "model_type": model_type,
+            "vram_mb": vram_mb,
+            **kw,
+        }
+
+    return make
+
+
+OVMS_KNOBS = {
+    "servable",
+    "load_delay",
+    "never_ready",
+    "fail_start",
+    "exit_during_load",
+    "tokens",
+    "token_delay",
+    "ignore_sigterm",
+    "embedding_dim",
+}
+
+
+@pytest.fixture
+def ovms_models(tmp_path: Path) -> OvmsModelDir:
+    return OvmsModelDir(tmp_path / "ovms")
+
+
+@pytest.fixture
+def ov_spec(ovms_models: OvmsModelDir) -> Callable[..., dict[str, Any]]:
+    """``ov_spec("phi", model_type="llm", load_delay=0.2)``: an OVMS model entry plus its dir."""
+
+    def make(name: str, vram_mb: int = 100, model_type: str = "llm", **kw: Any) -> dict[str, Any]:
+        knobs = {k: kw.pop(k) for k in list(kw) if k in OVMS_KNOBS}
+        path = ovms_models.model(name, **knobs)
+        return {
+            "name": name,
+            "path": str(path),
+            "backend": "openvino",
             "model_type": model_type,
             "vram_mb": vram_mb,
             **kw,

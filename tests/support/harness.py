@@ -18,6 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_LLAMA_SERVER = REPO / "tests" / "support" / "fake_llama_server.py"
+FAKE_OVMS = REPO / "tests" / "support" / "fake_ovms.py"
 _LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 
 
@@ -82,15 +83,44 @@ class ModelDir:
         return p.read_text().splitlines() if p.exists() else []
 
 
+class OvmsModelDir:
+    """Fake-OVMS model directories; ``fake_ovms.json`` inside holds the fake's knobs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def model(self, name: str, **knobs: Any) -> Path:
+        d = self.root / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "fake_ovms.json").write_text(json.dumps(knobs))
+        return d
+
+    def starts(self, name: str) -> list[tuple[int, dict[str, Any]]]:
+        p = self.root / name / "fake_ovms.starts"
+        if not p.exists():
+            return []
+        out = []
+        for line in p.read_text().splitlines():
+            pid, rec = line.split(" ", 1)
+            out.append((int(pid), json.loads(rec)))
+        return out
+
+    def events(self, name: str) -> list[str]:
+        p = self.root / name / "fake_ovms.events"
+        return p.read_text().splitlines() if p.exists() else []
+
+
 def write_config(path: Path, models: list[dict[str, Any]], **top: Any) -> Path:
     """A DynLLM config using the fake llama-server unless told otherwise."""
     raw: dict[str, Any] = {
         "total_vram_mb": 1000,
         "idle_timeout_seconds": 300,
         "db_path": str(path.parent / "state.db"),
-        "enabled_backends": ["llamacpp"],
+        "enabled_backends": ["llamacpp", "openvino"],
         "backend": {
             "llamacpp_binary": str(FAKE_LLAMA_SERVER),
+            "ovms_binary": str(FAKE_OVMS),
             "port_range_start": 19100,
             "port_range_end": 19199,
             "stop_timeout_seconds": 2,
@@ -232,3 +262,32 @@ def chat_in_background(d: DynLLM, model: str, **kw: Any) -> dict[str, Any]:
     out["thread"] = t
     t.start()
     return out
+
+
+def wav_bytes(seconds: float = 0.5, rate: int = 16000, seed: int = 1) -> bytes:
+    """A mono 16-bit WAV file: a tone with a little deterministic noise."""
+    import io
+    import math
+    import random
+    import wave
+
+    rng = random.Random(seed)
+    frames = bytearray()
+    for i in range(int(seconds * rate)):
+        v = int(8000 * math.sin(2 * math.pi * 440 * i / rate)) + rng.randint(-200, 200)
+        frames += int(v).to_bytes(2, "little", signed=True)
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(frames))
+    return buf.getvalue()
+
+
+def vm_peak_kib(pid: int, field: str = "VmHWM") -> int:
+    """Peak resident set size of a process (``VmHWM``) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
