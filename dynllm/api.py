@@ -19,7 +19,7 @@ from .config import ModelConfig
 from .endpoints import PATHS, SERVES, Endpoint, endpoints_for
 from .errors import DynLLMError, ModelNotFound, WrongModelType
 from .records import Lease
-from .relay import RelayBody, downstream_headers, upstream_headers
+from .relay import RelayBody, downstream_headers, sniff_audio, upstream_headers
 from .services import services
 
 bp = Blueprint("api", __name__)
@@ -137,6 +137,11 @@ def relay(lease: Lease, cfg: ModelConfig, endpoint: Endpoint, req: UpstreamBody)
         raise
     if "content-type" not in resp.headers:
         del out.headers["Content-Type"]  # Flask's default would misdescribe the body
+    if endpoint is Endpoint.SPEECH and resp.status_code == 200:
+        # Some servers (OVMS) label the audio they return as JSON.
+        audio = sniff_audio(body_iter.first)
+        if audio and not out.headers.get("Content-Type", "").startswith("audio/"):
+            out.headers["Content-Type"] = audio
     return out
 
 

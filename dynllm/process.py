@@ -44,6 +44,10 @@ class ReadyTimeout(Exception):
     """The backend did not become ready within its load timeout."""
 
 
+class NotServable(Exception):
+    """The backend finished starting but says the model cannot be served."""
+
+
 class Cancelled(Exception):
     """DynLLM is shutting down; the wait was abandoned."""
 
@@ -80,7 +84,7 @@ class BackendProcess:
     """A started backend process and the file its output goes to."""
 
     def __init__(
-        self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+        self, argv: Sequence[str], log_path: Path, env: dict[str, str | None] | None = None
     ) -> None:
         self.argv = list(argv)
         self.log_path = Path(log_path)
@@ -102,7 +106,7 @@ class BackendProcess:
             pass
         env = None
         if self._env:
-            env = {**os.environ, **self._env}
+            env = {k: v for k, v in {**os.environ, **self._env}.items() if v is not None}
         with open(self.log_path, "ab", buffering=0) as logf:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             logf.write(
@@ -143,15 +147,16 @@ class BackendProcess:
     def wait_ready(
         self,
         port: int,
-        probe: Probe,
+        probes: Sequence[Probe],
         timeout: float,
         interval: float = 0.03,
         cancel: threading.Event | None = None,
     ) -> float:
-        """Poll ``probe`` on ``127.0.0.1:port`` until it answers OK.
+        """Poll ``probes`` on ``127.0.0.1:port`` until they all answer OK.
 
         :returns: seconds it took.
         :raises ProcessExited: at once if the process exits meanwhile.
+        :raises NotServable: when a ``final`` probe fails after the ones before it passed.
         :raises ReadyTimeout: after ``timeout`` seconds.
         :raises Cancelled: when ``cancel`` is set.
         """
@@ -166,13 +171,24 @@ class BackendProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ReadyTimeout(f"backend not ready after {timeout:g}s")
-            if probe_once(port, probe, min(2.0, max(0.05, remaining))):
+            if self._probe_all(port, probes, min(2.0, max(0.05, remaining))):
                 # It might have answered just before dying of a late error.
                 code = self.poll()
                 if code is not None:
                     raise ProcessExited(code)
                 return time.monotonic() - start
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    @staticmethod
+    def _probe_all(port: int, probes: Sequence[Probe], timeout: float) -> bool:
+        for i, probe in enumerate(probes):
+            status = probe_once(port, probe, timeout)
+            if status in probe.ok:
+                continue
+            if probe.final and i > 0 and status is not None:
+                raise NotServable(f"{probe.method} {probe.path} answered {status}")
+            return False
+        return True
 
     def stop(self, grace: float) -> int:
         """SIGTERM the process group, SIGKILL it after ``grace`` seconds; return the exit code."""
@@ -213,16 +229,16 @@ def write_files(files: dict[str, str]) -> None:
         os.replace(tmp, target)
 
 
-def probe_once(port: int, probe: Probe, timeout: float) -> bool:
-    """One readiness request; any connection problem simply means *not yet*."""
+def probe_once(port: int, probe: Probe, timeout: float) -> int | None:
+    """One readiness request: its status, or ``None`` for a connection problem (*not yet*)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(probe.method, probe.path)
         resp = conn.getresponse()
         resp.read()
-        return resp.status in probe.ok
+        return resp.status
     except (OSError, http.client.HTTPException):
-        return False
+        return None
     finally:
         conn.close()
 

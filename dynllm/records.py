@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,7 +35,7 @@ class ProcessLike(Protocol):
     def wait_ready(
         self,
         port: int,
-        probe: Probe,
+        probes: Sequence[Probe],
         timeout: float,
         interval: float = ...,
         cancel: threading.Event | None = ...,
@@ -43,10 +43,10 @@ class ProcessLike(Protocol):
     def stop(self, grace: float) -> int: ...
 
 
-Launcher = Callable[[list[str], Path, dict[str, str]], ProcessLike]
+Launcher = Callable[[list[str], Path, dict[str, str | None]], ProcessLike]
 
 
-def default_launcher(argv: list[str], log_path: Path, env: dict[str, str]) -> ProcessLike:
+def default_launcher(argv: list[str], log_path: Path, env: dict[str, str | None]) -> ProcessLike:
     return BackendProcess(argv, log_path, env)
 
 

@@ -39,6 +39,7 @@ from .eviction import Resident, plan_eviction
 from .ports import NoFreePort, PortPool
 from .process import (
     Cancelled,
+    NotServable,
     ProcessExited,
     ReadyTimeout,
     describe_returncode,
@@ -351,7 +352,7 @@ class ModelRegistry:
                 m.exit_code = None
                 self._queue_row(m)  # pid and argv on disk before we wait on it
             proc.watch(lambda p, code: self._on_exit(m, p, code))
-            took = proc.wait_ready(port, m.backend.probe(m.cfg), timeout, cancel=self._cancel)
+            took = proc.wait_ready(port, m.backend.readiness(m.cfg), timeout, cancel=self._cancel)
             with self._locked():
                 if m.state is State.LOADING and m.proc is proc:
                     if m.exit_code is not None:  # died right after answering the probe
@@ -364,7 +365,7 @@ class ModelRegistry:
                     self._set_state(m, State.LOADED, f"ready in {took:.3f}s on port {port}")
                     return
             raise LoadFailed(f"model '{m.name}' was stopped while loading")
-        except (ProcessExited, ReadyTimeout, Cancelled, NoFreePort, LoadFailed) as exc:
+        except (ProcessExited, ReadyTimeout, NotServable, Cancelled, NoFreePort, LoadFailed) as exc:
             attempt.error = self._fail_load(m, proc, port, exc, timeout)
         except Exception as exc:  # never leave waiters hanging
             log.exception("load of %s crashed", m.name)
@@ -414,6 +415,8 @@ class ModelRegistry:
         elif isinstance(exc, ProcessExited):
             code = describe_returncode(exc.returncode)
             what = f"backend for '{m.name}' exited during load with code {code}"
+        elif isinstance(exc, NotServable):
+            what = f"backend for '{m.name}' started but cannot serve the model: {exc}"
         elif isinstance(exc, ReadyTimeout):
             what = f"backend for '{m.name}' was not ready after {timeout:g}s (load timeout)"
         elif isinstance(exc, DynLLMError):

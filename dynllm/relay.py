@@ -184,6 +184,11 @@ class RelayBody:
                 f"backend for '{self._model}' failed before answering: {exc}"
             ) from None
 
+    @property
+    def first(self) -> bytes:
+        """The first piece of the body (after :meth:`start`)."""
+        return self._first
+
     def __iter__(self) -> Iterator[bytes]:
         # A generator (not __next__) keeps the per-chunk cost to one frame resume.
         try:
@@ -214,6 +219,28 @@ class RelayBody:
                 self._resp.close()
         finally:
             self._lease.release()
+
+
+#: Leading bytes of the audio formats a speech endpoint may return.
+_AUDIO_MAGIC = (
+    (b"RIFF", "audio/wav"),
+    (b"ID3", "audio/mpeg"),
+    (b"\xff\xfb", "audio/mpeg"),
+    (b"\xff\xf3", "audio/mpeg"),
+    (b"\xff\xf2", "audio/mpeg"),
+    (b"OggS", "audio/ogg"),
+    (b"fLaC", "audio/flac"),
+)
+
+
+def sniff_audio(first: bytes) -> str | None:
+    """The audio type that ``first`` (the start of a body) begins with, if any."""
+    if first.startswith(b"RIFF") and first[8:12] != b"WAVE":
+        return None
+    for magic, ctype in _AUDIO_MAGIC:
+        if first.startswith(magic):
+            return ctype
+    return None
 
 
 def sse_error(message: str, status: int) -> bytes:

@@ -18,11 +18,18 @@ from ..endpoints import Endpoint
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """An HTTP request whose ``ok`` answer means the backend is ready."""
+    """An HTTP request whose ``ok`` answer is one condition of readiness.
+
+    A backend is ready when each of its probes, asked in order, answers ``ok``.
+    A ``final`` probe is one whose answer settles the matter once the probes
+    before it pass: any other answer then fails the load at once instead of
+    waiting for the load timeout.
+    """
 
     method: str
     path: str
     ok: frozenset[int] = frozenset({200})
+    final: bool = False
 
 
 class Backend:
@@ -37,12 +44,13 @@ class Backend:
         """Files the command line refers to: absolute path -> text, written before spawning."""
         return {}
 
-    def env(self, cfg: Config, model: ModelConfig) -> dict[str, str]:
-        """Environment variables added to the backend's environment."""
+    def env(self, cfg: Config, model: ModelConfig) -> dict[str, str | None]:
+        """Changes to the backend's environment (``None`` removes a variable)."""
         return {}
 
-    def probe(self, model: ModelConfig) -> Probe:
-        return Probe("GET", "/health")
+    def readiness(self, model: ModelConfig) -> tuple[Probe, ...]:
+        """The probes that must all pass, in order, before the model takes requests."""
+        return (Probe("GET", "/health"),)
 
     def upstream_path(self, model: ModelConfig, endpoint: Endpoint, path: str) -> str:
         """The backend's own route for the public ``path`` of ``endpoint`` (same by default)."""

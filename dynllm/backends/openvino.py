@@ -92,11 +92,21 @@ class OpenVINOBackend(Backend):
             return {}
         return {config_path(cfg, model): json.dumps(ovms_config(model), indent=2) + "\n"}
 
-    def probe(self, model: ModelConfig) -> Probe:
+    def readiness(self, model: ModelConfig) -> tuple[Probe, ...]:
+        # OVMS binds its REST port before it loads anything, and answers OPTIONS
+        # from then on, so the server-wide ready route (200 once loading is over)
+        # is what tells that the model has finished loading.
+        done = Probe("GET", "/v2/health/ready")
         route = TASK_PROBES.get(model.model_type)
         if route is not None:
-            return Probe("OPTIONS", route, frozenset({200, 204}))
-        return Probe("GET", f"/v2/models/{quote(model.name, safe='')}/ready")
+            return (Probe("OPTIONS", route, frozenset({200, 204})), done)
+        # In the config flow OVMS stays up when the model fails to load; once
+        # loading is over, the model's own ready route is the verdict.
+        return (done, Probe("GET", f"/v2/models/{quote(model.name, safe='')}/ready", final=True))
+
+    def env(self, cfg: Config, model: ModelConfig) -> dict[str, str | None]:
+        # OVMS reads an API key from $API_KEY; DynLLM's requests carry none.
+        return {"API_KEY": None}
 
     def upstream_path(self, model: ModelConfig, endpoint: Endpoint, path: str) -> str:
         if path == PATHS.get(endpoint):

@@ -18,10 +18,12 @@ and prints one ``name<TAB>path`` line per model directory. :func:`write_all` is 
   ``"length"``). The generation config is greedy and ends on ``<|im_end|>`` /
   ``<|endoftext|>``.
 * ``OUTDIR/tiny-whisper/``: a 2+2-layer ``WhisperForConditionalGeneration`` (d_model 64,
-  80 mel bins) with a ``WhisperProcessor`` (feature extractor + a byte-level BPE Whisper
-  tokenizer with the usual ``<|startoftranscript|>``/``<|en|>``/``<|transcribe|>``/
-  ``<|notimestamps|>`` specials). ``/v1/audio/transcriptions`` answers it with some
-  (garbage) text; the generation config caps it at a few new tokens.
+  4 heads, 80 mel bins) with a ``WhisperProcessor`` (feature extractor + a byte-level BPE
+  Whisper tokenizer whose specials, ``<|endoftext|>`` ... ``<|notimestamps|>``, are the
+  last ids, as Whisper's generate expects). Its output layer is steered like the chat
+  model's and its generation config stops after 8 new tokens, so
+  ``/v1/audio/transcriptions`` answers any audio with 8 plain-ASCII tokens of garbage
+  (e.g. ``{"text": " tim tim tim tim tim tim tim tim"}``).
 
 Each directory gets a marker file written last; a directory with its marker is left
 alone, one without it is rebuilt from scratch. The weights and tokenizers are seeded, so

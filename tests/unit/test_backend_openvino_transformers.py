@@ -74,8 +74,12 @@ def test_openvino_config_flow_argv_and_file(model_type: str) -> None:
             }
         ]
     }
-    assert b.probe(m) == Probe("GET", "/v2/models/qwen/ready")
+    assert b.readiness(m) == (
+        Probe("GET", "/v2/health/ready"),
+        Probe("GET", "/v2/models/qwen/ready", final=True),
+    )
     assert b.upstream_model(m) is None  # OVMS serves it under the public name
+    assert b.env(cfg, m) == {"API_KEY": None}  # never inherited: DynLLM sends no key
 
 
 def test_openvino_config_defaults_and_quoted_probe() -> None:
@@ -86,7 +90,7 @@ def test_openvino_config_defaults_and_quoted_probe() -> None:
     entry = json.loads(text)["model_config_list"][0]["config"]
     assert entry == {"name": "org/phi-3:int4", "base_path": "/m/model", "target_device": "CPU"}
     assert "/var/lib/dynllm/run/org_phi-3_int4.ovms.json" in b.argv(cfg, m, 9100)
-    assert b.probe(m).path == "/v2/models/org%2Fphi-3%3Aint4/ready"
+    assert b.readiness(m)[-1].path == "/v2/models/org%2Fphi-3%3Aint4/ready"
 
 
 @pytest.mark.parametrize(
@@ -119,8 +123,10 @@ def test_openvino_task_mode(model_type: str, task: str, route: str) -> None:
         "127.0.0.1",
     ]
     assert b.files(cfg, m) == {}
-    probe = b.probe(m)
-    assert (probe.method, probe.path) == ("OPTIONS", route)
+    assert b.readiness(m) == (
+        Probe("OPTIONS", route, frozenset({200, 204})),
+        Probe("GET", "/v2/health/ready"),
+    )
 
 
 def test_openvino_routes() -> None:
@@ -159,7 +165,7 @@ def test_transformers_minimal_argv_passes_no_unset_flags() -> None:
         "--port",
         "9120",
     ]
-    assert b.probe(m) == Probe("GET", "/health")
+    assert b.readiness(m) == (Probe("GET", "/health"),)
     assert b.upstream_model(m) == "/m/model"
     assert b.files(cfg, m) == {}
     assert b.upstream_path(m, Endpoint.CHAT, "/v1/chat/completions") == "/v1/chat/completions"

@@ -68,7 +68,7 @@ def test_llamacpp_routes_and_probe() -> None:
     m = cfg.models[0]
     assert b.upstream_path(m, Endpoint.CHAT, "/v1/chat/completions") == "/v1/chat/completions"
     assert b.upstream_path(m, Endpoint.RERANK, "/v1/rerank") == "/v1/rerank"
-    assert b.probe(m) == Probe("GET", "/health")
+    assert b.readiness(m) == (Probe("GET", "/health"),)
     assert b.upstream_model(m) is None  # --alias makes llama-server speak the public name
     assert b.files(cfg, m) == {}
 

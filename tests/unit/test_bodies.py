@@ -153,3 +153,14 @@ def test_renamer_holds_back_only_a_possible_prefix() -> None:
     assert r.feed(b'/x"}\n\n') == b'"x"}\n\n'
     assert r.feed(b"data: [DONE]\n\n") == b"data: [DONE]\n\n"
     assert r.flush() == b""
+
+
+def test_sniff_audio() -> None:
+    from dynllm.relay import sniff_audio
+
+    assert sniff_audio(b"RIFF\x24\x00\x00\x00WAVEfmt ") == "audio/wav"
+    assert sniff_audio(b"RIFF\x24\x00\x00\x00AVI LIST") is None
+    assert sniff_audio(b"ID3\x04") == "audio/mpeg"
+    assert sniff_audio(b"OggS\x00") == "audio/ogg"
+    assert sniff_audio(b'{"error": "x"}') is None
+    assert sniff_audio(b"") is None
