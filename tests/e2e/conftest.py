@@ -63,3 +63,36 @@ def real(
         )
 
     return start
+
+
+@pytest.fixture(scope="session")
+def transformers_cli() -> Path:
+    """The real ``transformers`` CLI in its own venv (installed once into the user cache)."""
+    from tests.support.transformers_bin import ensure_transformers
+
+    return ensure_transformers()
+
+
+@pytest.fixture(scope="session")
+def hf_models(transformers_cli: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random Hugging Face models, written offline by the transformers venv's python."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("hf")
+    python = transformers_cli.parent / "python"
+    script = Path(__file__).resolve().parents[1] / "support" / "tiny_hf.py"
+    proc = subprocess.run(
+        [str(python), str(script), str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {
+        name: Path(path)
+        for name, path in (line.split("\t") for line in proc.stdout.splitlines() if "\t" in line)
+    }
+
+
+@pytest.fixture
+def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """There is no model hub here: transformers must never try to reach it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

@@ -48,7 +48,7 @@ def test_llm_config_flow_argv_config_file_chat_and_stream(dynllm, ov_spec, ovms_
         "--port",
         "0",
         "--rest_port",
-        str(d.admin()["models"][0]["port"]),
+        str(d.admin()["phi"]["port"]),
         "--rest_bind_address",
         "127.0.0.1",
     ]
@@ -114,7 +114,7 @@ def test_task_mode_argv_and_options_probe(dynllm, ov_spec, ovms_models, model_ty
     r = d.post("/admin/models/load", json={"model": "t"})
     assert r.status_code == 200, r.text
     ((_, rec),) = ovms_models.starts("t")
-    port = str(d.admin()["models"][0]["port"])
+    port = str(d.admin()["t"]["port"])
     assert rec["argv"][1:] == [
         "--model_path",
         str(ovms_models.root / "t"),
