@@ -382,6 +382,17 @@ def warnings_for(cfg: Config) -> list[str]:
             owner = BACKEND_ONLY_FIELDS.get(field)
             if owner and owner != m.backend:
                 out.append(f"{label}: {field} is only used by backend '{owner}'; ignored")
+        if m.backend == "transformers":
+            if m.model_timeout is not None:
+                out.append(
+                    f"{label}: model_timeout: transformers serve ignores it for the model it is "
+                    "started with; unload_time/idle_timeout_seconds decide when DynLLM stops it"
+                )
+            if m.revision and os.path.isdir(m.path):
+                out.append(
+                    f"{label}: revision: '{m.revision}' has no effect on a local directory "
+                    "(transformers loads the folder as it is)"
+                )
     preload = [m for m in cfg.models if m.name in set(cfg.preload_models)]
     if sum(m.vram_mb for m in preload) > cfg.total_vram_mb:
         out.append(

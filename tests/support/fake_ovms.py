@@ -2463,7 +2463,6 @@ def load_one(app, s, config_flow):
         log(
             "serving", "error", "ov_utils.cpp:120", "Caught exception while loading: std::bad_alloc"
         )
-        say("Segmentation fault (core dumped)")
         os._exit(1)
     if knobs["fail_start"]:
         if s.kind == "llm":

@@ -200,6 +200,31 @@ def test_warnings_for_oversized_model_and_missing_file(tmp_path: Path) -> None:
     assert len(w) == 2
 
 
+def test_warnings_for_transformers_options_it_ignores(tmp_path: Path) -> None:
+    (tmp_path / "hf").mkdir()
+    cfg = build_config(
+        {
+            "enabled_backends": ["transformers"],
+            "backend": {"transformers_binary": "/bin/true"},
+            "models": [
+                {
+                    "name": "t",
+                    "path": str(tmp_path / "hf"),
+                    "backend": "transformers",
+                    "vram_mb": 1,
+                    "model_timeout": 60,
+                    "revision": "v2",
+                }
+            ],
+        },
+        tmp_path,
+    )
+    w = warnings_for(cfg)
+    assert any(x.startswith("models[0] (t): model_timeout: transformers serve ignores") for x in w)
+    assert any(x.startswith("models[0] (t): revision: 'v2' has no effect") for x in w)
+    assert len(w) == 2
+
+
 def test_invalid_yaml_and_non_mapping(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("models: [\n")
