@@ -6,8 +6,9 @@ Two ways to start it, by model type:
   vision types): DynLLM writes a one-model OVMS config file and starts
   ``ovms --config_path FILE``; readiness is the KServe model-ready route;
 * task mode (``transcription``, ``speech``, ``image_generation``):
-  ``ovms --model_path DIR --model_name NAME --task ...``; these servables are
-  not KServe models, so readiness is an ``OPTIONS`` request on their route.
+  ``ovms --model_path DIR --model_name NAME --task ...`` (OVMS 2026.2 and
+  later; before that ``--task`` meant "download from the hub"); readiness is
+  an ``OPTIONS`` request on the task's route, then the server-wide ready route.
 
 gRPC is off (``--port 0``) and REST listens on loopback only.  OVMS serves the
 model under its DynLLM name, so request bodies need no rewriting.

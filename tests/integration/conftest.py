@@ -54,6 +54,7 @@ OVMS_KNOBS = {
     "token_delay",
     "ignore_sigterm",
     "embedding_dim",
+    "ovms_version",
 }
 
 
@@ -67,7 +68,9 @@ def ov_spec(ovms_models: OvmsModelDir) -> Callable[..., dict[str, Any]]:
     """``ov_spec("phi", model_type="llm", load_delay=0.2)``: an OVMS model entry plus its dir."""
 
     def make(name: str, vram_mb: int = 100, model_type: str = "llm", **kw: Any) -> dict[str, Any]:
-        knobs = {k: kw.pop(k) for k in list(kw) if k in OVMS_KNOBS}
+        # DynLLM's task-mode command line is the one OVMS accepts from 2026.2 on.
+        knobs = {"ovms_version": "2026.2"}
+        knobs.update({k: kw.pop(k) for k in list(kw) if k in OVMS_KNOBS})
         path = ovms_models.model(name, **knobs)
         return {
             "name": name,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -248,13 +249,38 @@ def test_eviction_across_backends_in_one_budget(dynllm, ov_spec, spec, ovms_mode
     assert d.state("phi") == "unloaded" and not pid_alive(ovms_pid)
 
 
-def test_ovms_load_failure_reports_its_log(dynllm, ov_spec):
-    d = dynllm([ov_spec("bad", fail_start=True)])
+def test_config_flow_model_that_fails_to_load_fails_fast_with_the_log(dynllm, ov_spec):
+    # Real OVMS keeps running when a config-flow model fails to load; only its
+    # ready route says so. DynLLM must not wait for the load timeout.
+    d = dynllm([ov_spec("bad", fail_start=True)], backend={"load_timeout_seconds": 60})
+    started = time.monotonic()
     r = d.chat("bad", max_tokens=1)
+    assert time.monotonic() - started < 20
+    assert r.status_code == 503
+    err = r.json()["error"]
+    assert err["code"] == "backend_load_failed"
+    assert "started but cannot serve the model" in err["message"]
+    assert "GET /v2/models/bad/ready answered 404" in err["message"]
+    assert d.state("bad") == "failed"
+    assert d.backend_pids() == {}  # the still-running ovms was stopped
+
+
+@pytest.mark.parametrize("model_type", ["llm", "transcription"])
+def test_ovms_that_exits_during_load_reports_its_log(dynllm, ov_spec, model_type):
+    d = dynllm([ov_spec("bad", model_type=model_type, exit_during_load=True)])
+    r = d.post("/admin/models/load", json={"model": "bad"})
+    assert r.status_code == 503
+    assert "exited during load" in r.json()["error"]["message"]
+    assert d.state("bad") == "failed"
+
+
+def test_task_mode_on_ovms_older_than_2026_2_fails_with_its_reason(dynllm, ov_spec):
+    d = dynllm([ov_spec("w", model_type="transcription", ovms_version="2025.4")])
+    r = d.post("/admin/models/load", json={"model": "w"})
     assert r.status_code == 503
     msg = r.json()["error"]["message"]
-    assert "exited during load" in msg
-    assert d.state("bad") == "failed"
+    assert "exited during load with code 64" in msg
+    assert "model_repository_path parameter is required for pull mode" in msg
 
 
 def test_ovms_that_ignores_sigterm_is_killed(dynllm, ov_spec):

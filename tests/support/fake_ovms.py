@@ -114,6 +114,13 @@ Routes (REST; bodies and status codes as ovms 2025.4)
   bound, whatever the model state (real ovms does not look at the model).
 * ``--api_key_file`` / env ``API_KEY`` guard ``POST /v3/...`` (500 when wrong).
 
+Multipart quirk kept from real ovms: ``language`` and ``stream`` are only seen when sent
+as file parts (drogon's file map); as plain form fields they are ignored.
+
+Not imitated: config.json hot reload, gRPC (``--port N`` is only logged), the 5 s
+wait before a busy REST port makes real ovms exit 1, audio/model file contents,
+``--add_to_config``/``--remove_from_config``.
+
 Signals: SIGTERM/SIGINT only set a flag that is honoured once loading has ended
 (real ovms loads on its main thread), then the process exits 0.  During a load
 (``load_delay``, ``never_ready``) only SIGKILL ends it at once.  Logs go to stdout
