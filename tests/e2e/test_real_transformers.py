@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from tests.support.harness import pid_alive, sse_events, wav_bytes
+from tests.support.harness import pid_alive, sse_events, wait_for, wav_bytes
 
 pytestmark = pytest.mark.usefixtures("offline_hub")
 
@@ -127,6 +127,14 @@ def test_chat_alias_rewrite_stream_and_argv(tf, request: pytest.FixtureRequest) 
     assert "Content-Length" not in comp.headers or int(comp.headers["Content-Length"]) == len(
         comp.content
     )
+
+
+def test_startup_logs_the_torch_backends_of_the_transformers_environment(tf) -> None:
+    d = tf()
+    line = wait_for(
+        lambda: next((x for x in d.log().splitlines() if "torch backends" in x), None), 60
+    )
+    assert "torch 2.13.0+cpu" in line and "['cpu']" in line, line
 
 
 def test_revision_is_rendered_as_path_at_revision(tf) -> None:
