@@ -29,6 +29,8 @@ class UpstreamBody(Protocol):
     """A parsed request: the model it names, and its body as it goes upstream."""
 
     model: str
+    #: Replaces the client's Content-Type upstream when set.
+    content_type: str | None
 
     def upstream(self, model: str | None) -> bytes | SplicedFile: ...
 
@@ -65,6 +67,8 @@ def get_model(model_id: str) -> Response:
 class JsonRequest:
     """A JSON request body and the model it names."""
 
+    content_type = None
+
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self.doc = parse_json(raw)
@@ -76,6 +80,8 @@ class JsonRequest:
 
 class RawRequest:
     """A body forwarded as it is (the model comes from the URL)."""
+
+    content_type = None
 
     def __init__(self, raw: bytes, model: str) -> None:
         self.raw = raw
@@ -114,9 +120,11 @@ def relay(lease: Lease, cfg: ModelConfig, endpoint: Endpoint, req: UpstreamBody)
         url = lease.base_url + backend.upstream_path(cfg, endpoint, request.path)
         if request.query_string:
             url += "?" + request.query_string.decode("latin-1")
-        resp = svc.upstream.send(
-            request.method, url, req.upstream(backend_model), upstream_headers(request.headers)
-        )
+        headers = upstream_headers(request.headers)
+        if req.content_type is not None:
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            headers["Content-Type"] = req.content_type
+        resp = svc.upstream.send(request.method, url, req.upstream(backend_model), headers)
     except BaseException:
         lease.release()
         raise

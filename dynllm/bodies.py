@@ -29,6 +29,8 @@ BLOCK = 256 * 1024
 MAX_PART_HEADERS = 16 * 1024
 #: Longest ``model`` value accepted in a multipart body.
 MAX_MODEL_VALUE = 4096
+#: Most parts a multipart body may have (each costs a header read).
+MAX_PARTS = 1000
 
 
 # --------------------------------------------------------------------------- JSON
@@ -70,6 +72,10 @@ def json_with_model(doc: dict[str, Any], model: str) -> bytes:
 # --------------------------------------------------------------------------- multipart
 
 
+#: RFC 2046 boundary: 1-70 of these characters, the last not a space.
+_BOUNDARY_RE = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]\Z")
+
+
 def multipart_boundary(content_type: str) -> bytes:
     """The boundary of a ``multipart/form-data`` content type, or a 400."""
     mimetype, options = parse_options_header(content_type)
@@ -79,39 +85,55 @@ def multipart_boundary(content_type: str) -> bytes:
             code="invalid_content_type",
         )
     boundary = options.get("boundary", "")
-    if not boundary or len(boundary) > 200:
+    if not _BOUNDARY_RE.match(boundary):
         raise InvalidRequest(
-            "multipart/form-data content type has no valid boundary", code="invalid_multipart"
+            "multipart/form-data content type has no valid boundary (1-70 characters of "
+            "letters, digits and '()+_,-./:=? , not ending in a space)",
+            code="invalid_multipart",
         )
-    try:
-        return boundary.encode("ascii")
-    except UnicodeEncodeError:
-        raise InvalidRequest("multipart boundary must be ASCII", code="invalid_multipart") from None
+    return boundary.encode("ascii")
 
 
 _NAME_RE = re.compile(rb'(?:^|;)\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))', re.IGNORECASE)
+_FILENAME_RE = re.compile(rb"(?:^|;)\s*filename\*?\s*=", re.IGNORECASE)
+#: What may follow ``--boundary`` on a delimiter line: transport padding, then CRLF.
+_DELIMITER_END = re.compile(rb"[ \t]*\r\n")
 
 
-def _field_name(headers: bytes) -> bytes | None:
+def _disposition(headers: bytes) -> tuple[bytes | None, bool]:
+    """The form field name of a part, and whether it is a file upload."""
     for line in headers.split(b"\r\n"):
         key, sep, value = line.partition(b":")
         if sep and key.strip().lower() == b"content-disposition":
             _, _, params = value.partition(b";")
-            m = _NAME_RE.search(b";" + params)
+            params = b";" + params
+            m = _NAME_RE.search(params)
+            name = None
             if m:
-                return m.group(1) if m.group(1) is not None else m.group(2)
-    return None
+                name = m.group(1) if m.group(1) is not None else m.group(2)
+            return name, _FILENAME_RE.search(params) is not None
+    return None, False
+
+
+def _malformed(what: str) -> InvalidRequest:
+    return InvalidRequest(f"malformed multipart body: {what}", code="invalid_multipart")
 
 
 class MultipartBody:
     """An uploaded multipart body, spooled, with the position of its ``model`` value.
 
+    The whole body is checked, strictly, because the backend parses it again
+    with its own parser: every ``--boundary`` at the start of a line must be a
+    well-formed delimiter, and there must be exactly one ``model`` field, so
+    the model DynLLM routes by is the model the backend reads.
+
     Use as a context manager (or call :meth:`close`) so the spool is deleted.
     """
 
     def __init__(self, stream: IO[bytes], content_type: str) -> None:
-        self.content_type = content_type
         self._boundary = multipart_boundary(content_type)
+        #: The content type sent upstream: the boundary exactly as DynLLM read it.
+        self.content_type = f'multipart/form-data; boundary="{self._boundary.decode()}"'
         self._file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 (closed by close())
         try:
             self.size = self._copy(stream)
@@ -124,16 +146,15 @@ class MultipartBody:
                     code="invalid_model",
                 )
             raw = self._read_at(start, end - start)
+            try:
+                self.model = check_model(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InvalidRequest(
+                    "'model' must be UTF-8 text", param="model", code="invalid_model"
+                ) from None
         except BaseException:
             self.close()
             raise
-        try:
-            self.model = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            self.close()
-            raise InvalidRequest(
-                "'model' must be UTF-8 text", param="model", code="invalid_model"
-            ) from None
 
     def _copy(self, stream: IO[bytes]) -> int:
         size = 0
@@ -164,37 +185,66 @@ class MultipartBody:
                 i = window.find(delim, i + 1)
             pos += BLOCK
 
+    def _part_headers(self, at: int) -> bytes:
+        """The header block of the part whose headers start at ``at`` (without the blank line)."""
+        head = self._read_at(at, 1024)
+        if head.startswith(b"\r\n"):
+            return b""  # a part without headers
+        end = head.find(b"\r\n\r\n")
+        if end == -1 and len(head) == 1024:
+            head = self._read_at(at, MAX_PART_HEADERS + 4)
+            end = head.find(b"\r\n\r\n")
+        if end == -1:
+            raise _malformed("part headers are unterminated or longer than 16 KiB")
+        return head[:end]
+
     def _find_model(self) -> tuple[int, int]:
-        """Byte span of the first ``model`` field's value, or a 400 if there is none."""
+        """Byte span of the one ``model`` field's value, or a 400."""
         delim_len = len(self._boundary) + 2
-        found: int | None = None  # where the model value starts
+        span: tuple[int, int] | None = None
+        value_start: int | None = None  # set while the model part is the current one
+        parts = 0
+        closed = False
         for at in self._delimiters():
-            if found is not None:
-                return found, at - 2  # the CRLF before the delimiter is not the value's
-            head = self._read_at(at + delim_len, MAX_PART_HEADERS + 4)
-            if head.startswith(b"--"):
-                break  # the closing delimiter
-            if not head.startswith(b"\r\n"):
-                continue
-            end = head.find(b"\r\n\r\n", 2)
-            if end == -1:
-                if head.startswith(b"\r\n\r\n"):
-                    end = 0
-                else:
+            if value_start is not None:
+                span = (value_start, at - 2)  # the CRLF before a delimiter is not the value's
+                value_start = None
+            after = self._read_at(at + delim_len, 2)
+            if after == b"--":
+                closed = True
+                break  # the close delimiter; anything after it is an epilogue
+            line_end = _DELIMITER_END.match(self._read_at(at + delim_len, 80))
+            if line_end is None:
+                raise _malformed("a boundary line has something after the boundary")
+            parts += 1  # noqa: SIM113 (counts well-formed parts only)
+            if parts > MAX_PARTS:
+                raise _malformed(f"more than {MAX_PARTS} parts")
+            headers_at = at + delim_len + line_end.end()
+            headers = self._part_headers(headers_at)
+            name, is_file = _disposition(headers)
+            if name == b"model":
+                if span is not None or value_start is not None:
                     raise InvalidRequest(
-                        "multipart part headers are malformed or too long", code="invalid_multipart"
+                        "the form has more than one 'model' field",
+                        param="model",
+                        code="invalid_model",
                     )
-            if _field_name(head[2:end]) == b"model":
-                found = at + delim_len + end + 4
-        if found is not None:
+                if is_file:
+                    raise InvalidRequest(
+                        "'model' must be a plain form field, not a file",
+                        param="model",
+                        code="invalid_model",
+                    )
+                value_start = headers_at + (len(headers) + 4 if headers else 2)
+        if value_start is not None or not closed:
+            raise _malformed("the body ends before its closing boundary")
+        if span is None:
             raise InvalidRequest(
-                "multipart body ends inside the 'model' field", code="invalid_multipart"
+                "you must provide a model parameter (a 'model' form field)",
+                param="model",
+                code="missing_model",
             )
-        raise InvalidRequest(
-            "you must provide a model parameter (a 'model' form field)",
-            param="model",
-            code="missing_model",
-        )
+        return span
 
     def upstream(self, model: str | None) -> SplicedFile:
         """The body to send upstream, with the ``model`` value replaced when given."""

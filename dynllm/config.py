@@ -10,6 +10,7 @@ request time.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -231,8 +232,16 @@ class ConfigError(Exception):
 
 
 def safe_filename(name: str) -> str:
-    """A model name made safe to use in a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "model"
+    """A model name made safe to use in a file name, distinct for distinct names.
+
+    A name that is already safe is kept as it is; any other gets a short hash of
+    the exact name, so ``org/phi`` and ``org:phi`` never share a file.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120]
+    if safe == name and not name.startswith("."):
+        return name
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe.lstrip('.') or 'model'}-{digest}"
 
 
 _NAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
@@ -315,6 +324,11 @@ def _semantic_errors(cfg: Config) -> list[str]:
         for field, values in (("path", [m.path]), ("extra_args", m.extra_args)):
             if any("\x00" in v for v in values):
                 errors.append(f"{label}: {field}: must not contain NUL characters")
+        if m.backend == "transformers" and m.continuous_batching and m.model_type != "llm":
+            errors.append(
+                f"{label}: continuous_batching: transformers serve cannot transcribe with "
+                "continuous batching; only model_type 'llm' may use it"
+            )
         if m.quantization != "none" and m.model_type != "llm":
             errors.append(
                 f"{label}: quantization: only model_type 'llm' can be quantized, "
@@ -347,7 +361,8 @@ def _semantic_errors(cfg: Config) -> list[str]:
 
 def _resolve(base: Path, value: str) -> str:
     p = Path(os.path.expanduser(value))
-    return str(p if p.is_absolute() else (base / p))
+    # Normalised: OVMS refuses any path that contains "..".
+    return os.path.normpath(p if p.is_absolute() else (base / p))
 
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
@@ -382,6 +397,15 @@ def warnings_for(cfg: Config) -> list[str]:
             owner = BACKEND_ONLY_FIELDS.get(field)
             if owner and owner != m.backend:
                 out.append(f"{label}: {field} is only used by backend '{owner}'; ignored")
+        if (
+            m.backend == "openvino"
+            and "target_device" in m.model_fields_set
+            and m.model_type in ("llm", "embedding", "rerank")
+        ):
+            out.append(
+                f"{label}: target_device: OVMS takes the device of an {m.model_type} model from "
+                "its graph.pbtxt (set when the model is exported), not from this setting"
+            )
         if m.backend == "transformers":
             if m.model_timeout is not None:
                 out.append(

@@ -91,12 +91,14 @@ class Lease:
     Released exactly once, however many times :meth:`release` is called.
     """
 
-    __slots__ = ("_registry", "name", "port", "_released")
+    __slots__ = ("_registry", "name", "port", "touch", "_released")
 
-    def __init__(self, registry: ModelRegistry, name: str) -> None:
+    def __init__(self, registry: ModelRegistry, name: str, touch: bool = True) -> None:
         self._registry = registry
         self.name = name
         self.port: int = 0
+        #: Whether releasing it counts as use (restarts the model's idle time).
+        self.touch = touch
         self._released = False
 
     @property

@@ -242,15 +242,19 @@ class ModelRegistry:
             return self._await_load(m, attempt, lease, deadline)
 
     def lease_if_loaded(self, name: str) -> Lease | None:
-        """A lease on ``name`` if it is loaded right now; never starts a load."""
+        """A lease on ``name`` if it is loaded right now; never starts a load.
+
+        Its release does not count as use, so polling through it (health
+        checks) never keeps a model from being unloaded for idleness.
+        """
         m = self._record(name)
         with self._lock:
             if m.state is State.LOADED and m.attempt is None and not self._closing:
-                return self._new_lease(m)
+                return self._new_lease(m, touch=False)
             return None
 
-    def _new_lease(self, m: ModelRecord) -> Lease:
-        lease = Lease(self, m.name)
+    def _new_lease(self, m: ModelRecord, touch: bool = True) -> Lease:
+        lease = Lease(self, m.name, touch)
         lease.port = m.port or 0
         m.leases += 1
         return lease
@@ -276,9 +280,10 @@ class ModelRegistry:
         with self._lock:
             m = self._models[lease.name]
             m.leases -= 1
-            if m.leases == 0:
+            if lease.touch:  # idle time counts from the end of the last real request
                 m.last_used = self._clock()
                 m.last_used_at = time.time()
+            if m.leases == 0:
                 self._cond.notify_all()
 
     def _check_startable(self, m: ModelRecord) -> None:

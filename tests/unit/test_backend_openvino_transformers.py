@@ -82,6 +82,30 @@ def test_openvino_config_flow_argv_and_file(model_type: str) -> None:
     assert b.env(cfg, m) == {"API_KEY": None}  # never inherited: DynLLM sends no key
 
 
+def test_distinct_names_never_share_a_config_file() -> None:
+    from dynllm.config import safe_filename
+
+    names = ["org/phi", "org:phi", "org_phi", "org_phi-" + "0" * 8, ".hidden", "x" * 121, "x" * 122]
+    files = {safe_filename(n) for n in names}
+    assert len(files) == len(names)
+    assert safe_filename("org_phi") == "org_phi"  # safe names stay readable
+    assert all("/" not in f and not f.startswith(".") for f in files)
+
+
+def test_relative_model_paths_are_normalised_for_ovms(tmp_path: Path) -> None:
+    cfg = build_config(
+        {
+            "models_dir": "../models",
+            "models": [
+                {"name": "p", "path": "./ov/../ov/phi", "backend": "openvino", "vram_mb": 1}
+            ],
+        },
+        tmp_path / "etc",
+    )
+    base = json.loads(next(iter(get_backend("openvino").files(cfg, cfg.models[0]).values())))
+    assert base["model_config_list"][0]["config"]["base_path"] == str(tmp_path / "models/ov/phi")
+
+
 def test_openvino_config_defaults_and_quoted_probe() -> None:
     cfg = cfg_with(backend="openvino", name="org/phi-3:int4")
     b = get_backend("openvino")
@@ -89,7 +113,7 @@ def test_openvino_config_defaults_and_quoted_probe() -> None:
     (text,) = b.files(cfg, m).values()
     entry = json.loads(text)["model_config_list"][0]["config"]
     assert entry == {"name": "org/phi-3:int4", "base_path": "/m/model", "target_device": "CPU"}
-    assert "/var/lib/dynllm/run/org_phi-3_int4.ovms.json" in b.argv(cfg, m, 9100)
+    assert "/var/lib/dynllm/run/org_phi-3_int4-d1b709b6.ovms.json" in b.argv(cfg, m, 9100)
     assert b.readiness(m)[-1].path == "/v2/models/org%2Fphi-3%3Aint4/ready"
 
 
@@ -212,6 +236,12 @@ def test_transformers_every_flag() -> None:
         "debug",
     ]
     assert b.upstream_model(m) == "/m/model@v1.2"
+
+
+def test_continuous_batching_is_refused_for_transcription() -> None:
+    with pytest.raises(ConfigError) as err:
+        cfg_with(backend="transformers", model_type="transcription", continuous_batching=True)
+    assert "continuous_batching: transformers serve cannot transcribe" in str(err.value)
 
 
 def test_quantization_is_refused_for_non_llm_models() -> None:

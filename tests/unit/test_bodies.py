@@ -44,7 +44,7 @@ def test_model_before_file() -> None:
 
 def test_model_after_a_large_file_spanning_many_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bodies, "BLOCK", 4096)
-    audio = os.urandom(50_000) + f"\r\n--{B}x".encode()  # delimiter-like bytes inside the file
+    audio = os.urandom(50_000) + f"\r\n-{B}\r\n--{B[:-1]}".encode()  # near-delimiters in the file
     body = form(("file", audio, "a.wav"), ("language", b"en", None), ("model", b"m1", None))
     with parse(body, f'multipart/form-data; boundary="{B}"') as mp:
         assert mp.model == "m1"
@@ -56,7 +56,7 @@ def test_model_after_a_large_file_spanning_many_blocks(monkeypatch: pytest.Monke
     assert b"".join(chunks) == body.replace(b"\r\n\r\nm1\r\n", b"\r\n\r\nother\r\n")
 
 
-@pytest.mark.parametrize("split", [4090, 4093, 4096, 4100])
+@pytest.mark.parametrize("split", [4090, 4093, 4096, 4098, 4099, 4100])
 def test_delimiter_split_across_scan_blocks(monkeypatch: pytest.MonkeyPatch, split: int) -> None:
     monkeypatch.setattr(bodies, "BLOCK", 4096)
     # Put the delimiter of the model part right across a block edge.
@@ -67,15 +67,63 @@ def test_delimiter_split_across_scan_blocks(monkeypatch: pytest.MonkeyPatch, spl
         assert mp.model == "edge-model"
 
 
-def test_preamble_and_unquoted_name_and_first_field_wins() -> None:
+def test_preamble_padding_and_unquoted_name() -> None:
     body = (
         b"ignored preamble\r\n"
-        + f"--{B}\r\ncontent-disposition: form-data; name=model\r\n\r\nfirst\r\n".encode()
-        + f'--{B}\r\nContent-Disposition: form-data; name="model"\r\n\r\nsecond\r\n'.encode()
-        + f"--{B}--\r\n".encode()
+        + f"--{B} \t\r\ncontent-disposition: form-data; name=model\r\n\r\nm\r\n".encode()
+        + f"--{B}--\r\nepilogue --{B}\r\n".encode()
     )
     with parse(body) as mp:
-        assert mp.model == "first"
+        assert mp.model == "m"
+
+
+def test_two_model_fields_are_refused() -> None:
+    # The backend's parser may read the other one: DynLLM must route by the model it reads.
+    body = form(("model", b"whisper", None), ("file", b"x", "a.wav"), ("model", b"/etc/x", None))
+    with pytest.raises(InvalidRequest) as err:
+        parse(body)
+    assert err.value.code == "invalid_model" and "more than one" in err.value.message
+
+
+def test_a_boundary_line_with_trailing_bytes_is_refused() -> None:
+    # A client hiding a second form behind a lookalike boundary ("a" vs "a,b").
+    inner = f'--{B}\r\nContent-Disposition: form-data; name="model"\r\n\r\nalias\r\n'.encode()
+    body = (
+        f"--{B}x\r\n".encode()
+        + b'Content-Disposition: form-data; name="model"\r\n\r\n/other\r\n'
+        + inner
+        + f"--{B}--\r\n".encode()
+    )
+    with pytest.raises(InvalidRequest) as err:
+        parse(body)
+    assert err.value.code == "invalid_multipart"
+
+
+def test_upstream_content_type_carries_the_boundary_as_read() -> None:
+    body = form(("model", b"m", None))
+    with parse(body, f"multipart/form-data; boundary={B},junk; charset=utf-8") as mp:
+        pass
+    # werkzeug reads the boundary up to the comma; the backend is told exactly that.
+    assert mp.content_type == f'multipart/form-data; boundary="{B}"'
+
+
+def test_model_field_must_be_a_nonempty_plain_field() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        parse(form(("model", b"", None)))
+    assert err.value.code == "invalid_model"
+    with pytest.raises(InvalidRequest) as err:
+        parse(form(("model", b"whisper", "model.txt")))
+    assert err.value.code == "invalid_model" and "not a file" in err.value.message
+
+
+def test_part_count_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bodies, "MAX_PARTS", 50)
+    body = form(*[("x", b"1", None)] * 50, ("model", b"m", None))
+    with pytest.raises(InvalidRequest) as err:
+        parse(body)
+    assert "more than 50 parts" in err.value.message
+    with parse(form(*[("x", b"1", None)] * 49, ("model", b"m", None))) as mp:
+        assert mp.model == "m"
 
 
 def test_a_field_named_like_model_is_not_model() -> None:
@@ -92,6 +140,9 @@ def test_a_field_named_like_model_is_not_model() -> None:
         ("", "invalid_content_type"),
         ("multipart/form-data", "invalid_multipart"),
         ("multipart/form-data; boundary=", "invalid_multipart"),
+        ('multipart/form-data; boundary="a\\"b"', "invalid_multipart"),
+        ("multipart/form-data; boundary=" + "x" * 71, "invalid_multipart"),
+        ('multipart/form-data; boundary="ends in space "', "invalid_multipart"),
     ],
 )
 def test_bad_content_types(ct: str, code: str) -> None:
@@ -103,6 +154,9 @@ def test_bad_content_types(ct: str, code: str) -> None:
 def test_empty_and_truncated_bodies() -> None:
     with pytest.raises(InvalidRequest) as err:
         parse(b"")
+    assert err.value.code == "invalid_multipart"
+    with pytest.raises(InvalidRequest) as err:
+        parse(form(("file", b"x", "a.wav")))
     assert err.value.code == "missing_model"
     truncated = f'--{B}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisp'.encode()
     with pytest.raises(InvalidRequest) as err:

@@ -279,6 +279,28 @@ def test_sweep_unloads_only_idle_models(env) -> None:
     assert reg.states()["forever"] == "loaded"
 
 
+def test_readiness_polls_never_keep_a_model_loaded(env) -> None:
+    reg, _, clock = env([("a", 100), ("b", 100)], idle_timeout_seconds=60)
+    assert reg.lease_if_loaded("a") is None  # not loaded: nothing started
+    assert reg.states()["a"] == "unloaded"
+    reg.acquire("a").release()
+    for _ in range(10):  # a health checker polling every 10 s
+        clock.now += 10
+        probe = reg.lease_if_loaded("a")
+        assert probe is not None
+        probe.release()
+    assert reg.sweep() == ["a"]  # 100 s after the last real request
+    # A real request that ends while a probe is in flight still counts as use.
+    reg.acquire("b").release()
+    clock.now += 50
+    probe = reg.lease_if_loaded("b")
+    real = reg.acquire("b")
+    real.release()
+    probe.release()  # type: ignore[union-attr]
+    assert reg.sweep(now=clock.now + 59) == []
+    assert reg.sweep(now=clock.now + 60) == ["b"]
+
+
 def test_per_model_unload_time(env) -> None:
     reg, _, clock = env([("a", 100), ("b", 100)], idle_timeout_seconds=600)
     reg.config.models[0].unload_time = 5
