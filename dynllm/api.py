@@ -93,8 +93,9 @@ class RawRequest:
 
 def check_endpoint(cfg: ModelConfig, endpoint: Endpoint) -> None:
     """A 400 naming the endpoints the model does serve, if ``endpoint`` is not one."""
-    if cfg.model_type not in SERVES[endpoint]:
-        served = ", ".join(endpoints_for(cfg.model_type)) or "none"
+    backend = services().registry.backend_of(cfg.name)
+    if cfg.model_type not in SERVES[endpoint] or not backend.serves(endpoint):
+        served = ", ".join(endpoints_for(cfg.model_type, backend.serves)) or "none"
         raise WrongModelType(
             f"model '{cfg.name}' (model_type {cfg.model_type}) cannot be used with "
             f"{request.path}; it serves: {served}",
@@ -102,22 +103,32 @@ def check_endpoint(cfg: ModelConfig, endpoint: Endpoint) -> None:
         )
 
 
-def proxy(endpoint: Endpoint, req: UpstreamBody) -> Response:
-    """Lease the model, send the request upstream, return the streaming response."""
+def proxy(endpoint: Endpoint, req: UpstreamBody, path: str | None = None) -> Response:
+    """Lease the model, send the request upstream, return the streaming response.
+
+    ``path`` is the public path to map to the backend's route (the request's own
+    by default).
+    """
     svc = services()
     cfg = svc.registry.lookup(req.model)
     check_endpoint(cfg, endpoint)
     lease = svc.registry.acquire(req.model)
-    return relay(lease, cfg, endpoint, req)
+    return relay(lease, cfg, endpoint, req, path)
 
 
-def relay(lease: Lease, cfg: ModelConfig, endpoint: Endpoint, req: UpstreamBody) -> Response:
+def relay(
+    lease: Lease,
+    cfg: ModelConfig,
+    endpoint: Endpoint,
+    req: UpstreamBody,
+    path: str | None = None,
+) -> Response:
     """Send the request to the leased backend; the lease is released when the response ends."""
     svc = services()
     try:
         backend = svc.registry.backend_of(cfg.name)
         backend_model = backend.upstream_model(cfg)
-        url = lease.base_url + backend.upstream_path(cfg, endpoint, request.path)
+        url = lease.base_url + backend.upstream_path(cfg, endpoint, path or request.path)
         if request.query_string:
             url += "?" + request.query_string.decode("latin-1")
         headers = upstream_headers(request.headers)

@@ -132,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     log.info("dynllm %s, config: %s", __version__, source)
     for w in warnings:
         log.warning("config: %s", w)
-    torchinfo.report_in_background(cfg)
     if not cfg.models:
         log.info(
             "no models configured: copy config.example.yaml to config.yaml, add models "
             "and restart (or pass --config PATH)"
         )
-    return serve(cfg)
+    torch_check = torchinfo.report_in_background(cfg)
+    try:
+        return serve(cfg)
+    finally:
+        torch_check.stop()  # its child must not outlive DynLLM
 
 
 class _Phases:

@@ -6,6 +6,7 @@ the backends (to map an endpoint to the backend's own route).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
 
@@ -47,9 +48,15 @@ SERVES: dict[Endpoint, frozenset[str]] = {
 }
 
 
-def endpoints_for(model_type: str) -> list[str]:
-    """Public paths that serve ``model_type`` (for error messages)."""
-    out = [PATHS[e] for e, types in SERVES.items() if model_type in types and e in PATHS]
+def endpoints_for(
+    model_type: str, has_route: Callable[[Endpoint], bool] = lambda e: True
+) -> list[str]:
+    """Public paths that serve ``model_type`` on a backend with ``has_route`` (for messages)."""
+    out = [
+        PATHS[e]
+        for e, types in SERVES.items()
+        if model_type in types and e in PATHS and has_route(e)
+    ]
     if model_type in SERVES[Endpoint.KSERVE]:
         out.append("/v2/models/{name}/infer")
     return out

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from .config import Config
 
@@ -43,10 +44,18 @@ TIMEOUT = 120.0
 
 
 def script_interpreter(program: str) -> str | None:
-    """The interpreter named by the ``#!`` line of ``program`` (a path or a name on PATH)."""
+    """The Python that runs ``program`` (a path or a name on PATH), if it is a Python script.
+
+    A ``python`` next to the (resolved) script wins: that is a virtual
+    environment's own interpreter, whatever launcher line pip wrote.  Otherwise
+    the ``#!`` line is read, and only a Python interpreter is accepted.
+    """
     path = program if "/" in program else shutil.which(program)
     if not path:
         return None
+    sibling = Path(path).resolve().parent / "python"
+    if os.access(sibling, os.X_OK):
+        return str(sibling)
     try:
         with open(path, "rb") as fh:
             first = fh.readline(512)
@@ -55,10 +64,12 @@ def script_interpreter(program: str) -> str | None:
     if not first.startswith(b"#!"):
         return None
     parts = first[2:].decode("utf-8", "replace").split()
-    if not parts:
+    if parts and os.path.basename(parts[0]) == "env":
+        parts = [p for p in parts[1:] if not p.startswith("-")]
+        found = shutil.which(parts[0]) if parts else None
+        parts = [found] if found else []
+    if not parts or not os.path.basename(parts[0]).startswith("python"):
         return None
-    if os.path.basename(parts[0]) == "env" and len(parts) > 1:
-        return shutil.which(parts[1])
     return parts[0]
 
 
@@ -74,28 +85,56 @@ def interpreter_for(cfg: Config) -> tuple[str, str] | None:
     return None
 
 
+class TorchCheck:
+    """The child process that imports torch; :meth:`stop` ends it early (at shutdown)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def detect(self, python: str, timeout: float = TIMEOUT) -> dict[str, object]:
+        """Run the check under ``python``; raises ``RuntimeError`` saying why it failed."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("DynLLM is stopping")
+            try:
+                self._proc = subprocess.Popen(
+                    [python, "-c", SCRIPT],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise RuntimeError(str(exc)) from None
+        try:
+            out, err = self._proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(f"no answer within {timeout:g}s") from None
+        if self._proc.returncode != 0:
+            lines = (err or out).strip().splitlines()
+            raise RuntimeError(lines[-1] if lines else f"exit code {self._proc.returncode}")
+        try:
+            return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+        except (ValueError, IndexError):
+            raise RuntimeError(f"unexpected output: {out[-200:]!r}") from None
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+
+
 def detect(python: str, timeout: float = TIMEOUT) -> dict[str, object]:
-    """Run the check under ``python``; raises ``RuntimeError`` saying why it failed."""
-    try:
-        proc = subprocess.run(
-            [python, "-c", SCRIPT],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RuntimeError(str(exc)) from None
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        raise RuntimeError(lines[-1] if lines else f"exit code {proc.returncode}")
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-    except (ValueError, IndexError):
-        raise RuntimeError(f"unexpected output: {proc.stdout[-200:]!r}") from None
+    """Run the check under ``python`` once (see :class:`TorchCheck`)."""
+    return TorchCheck().detect(python, timeout)
 
 
-def report(cfg: Config) -> None:
+def report(cfg: Config, check: TorchCheck | None = None) -> None:
     """Log the torch backends (or why there are none to report)."""
     found = interpreter_for(cfg)
     if found is None:
@@ -109,14 +148,15 @@ def report(cfg: Config) -> None:
         return
     python, what = found
     try:
-        info = detect(python)
+        info = (check or TorchCheck()).detect(python)
     except RuntimeError as exc:
         log.warning("torch backends (%s): torch unusable: %s", what, exc)
         return
     log.info("torch backends (%s, torch %s): %s", what, info.get("version"), info.get("backends"))
 
 
-def report_in_background(cfg: Config) -> threading.Thread:
-    t = threading.Thread(target=report, args=(cfg,), name="torch-info", daemon=True)
-    t.start()
-    return t
+def report_in_background(cfg: Config) -> TorchCheck:
+    """Start :func:`report` on a daemon thread; the result's ``stop()`` ends its child."""
+    check = TorchCheck()
+    threading.Thread(target=report, args=(cfg, check), name="torch-info", daemon=True).start()
+    return check

@@ -52,6 +52,10 @@ class Backend:
         """The probes that must all pass, in order, before the model takes requests."""
         return (Probe("GET", "/health"),)
 
+    def serves(self, endpoint: Endpoint) -> bool:
+        """Whether this backend has a route for ``endpoint`` (model types aside)."""
+        return True
+
     def upstream_path(self, model: ModelConfig, endpoint: Endpoint, path: str) -> str:
         """The backend's own route for the public ``path`` of ``endpoint`` (same by default)."""
         return path

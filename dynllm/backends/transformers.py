@@ -10,6 +10,7 @@ and back.  Flags are passed only for the options the config sets.
 from __future__ import annotations
 
 from ..config import Config, ModelConfig
+from ..endpoints import Endpoint
 from .base import Backend
 
 
@@ -48,6 +49,9 @@ class TransformersBackend(Backend):
         if model.model_timeout is not None:
             argv += ["--model-timeout", str(model.model_timeout)]
         return argv + model.extra_args
+
+    def serves(self, endpoint: Endpoint) -> bool:
+        return endpoint is not Endpoint.TRANSLATIONS  # transformers serve only transcribes
 
     def upstream_model(self, model: ModelConfig) -> str | None:
         return model_ref(model)

@@ -171,6 +171,14 @@ def test_transcription_upload_with_alias_rewrite(tf) -> None:
     assert bad.status_code == 400
     assert "/v1/chat/completions" in bad.json()["error"]["message"]
     assert "tiny" not in d.backend_pids()
+    # transformers serve has no translation route: refused before a request is sent.
+    tr = d.post(
+        "/v1/audio/translations",
+        data={"model": "whisper"},
+        files={"file": ("speech.wav", audio, "audio/wav")},
+    )
+    assert tr.status_code == 400, tr.text
+    assert "it serves: /v1/audio/transcriptions" in tr.json()["error"]["message"]
 
 
 def test_eviction_between_transformers_and_llamacpp(tf) -> None:

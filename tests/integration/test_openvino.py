@@ -238,6 +238,24 @@ def test_kserve_errors(dynllm, ov_spec, spec):
     assert d.get("/v2/health/ready").status_code == 200
 
 
+def test_kserve_names_with_slashes_and_url_characters(dynllm, ov_spec, ovms_models):
+    d = dynllm(
+        [
+            ov_spec("org", model_type="classification", servable="classic"),
+            {**ov_spec("org/resnet#1", model_type="classification", servable="classic")},
+        ]
+    )
+    infer = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [5]}]}
+    r = d.post("/v2/models/org/resnet%231/infer", json=infer)
+    assert r.status_code == 200, r.text
+    assert r.json()["model_name"] == "org/resnet#1" and r.json()["outputs"][0]["data"] == [10]
+    assert d.state("org/resnet#1") == "loaded" and d.state("org") == "unloaded"
+    assert d.get("/v2/models/org/resnet%231/ready").status_code == 200
+    assert d.get("/v2/models/org/ready").status_code == 503  # the other model, not loaded
+    r = d.get("/v2/models/nothing/versions/3/ready")
+    assert r.status_code == 404 and "'nothing'" in r.json()["error"]["message"]
+
+
 def test_eviction_across_backends_in_one_budget(dynllm, ov_spec, spec, ovms_models):
     d = dynllm([spec("llama", vram_mb=600), ov_spec("phi", vram_mb=600)], total_vram_mb=1000)
     assert d.chat("llama", max_tokens=1).status_code == 200

@@ -75,3 +75,41 @@ def test_no_transformers_and_no_torch(caplog: pytest.LogCaptureFixture) -> None:
     assert [r.getMessage() for r in caplog.records] == [
         "torch backends: torch is not installed in dynllm's environment"
     ]
+
+
+def test_venv_python_next_to_the_script_wins_over_a_launcher(tmp_path: Path) -> None:
+    # pip writes a /bin/sh trampoline for long venv paths; the venv's python is next to it.
+    launcher = script(tmp_path, '#!/bin/sh\n\'\'\'exec\' "/long path/python" "$0" "$@"')
+    assert torchinfo.script_interpreter(str(launcher)) is None  # sh is not Python
+    venv_python = tmp_path / "python"
+    venv_python.symlink_to(sys.executable)
+    assert torchinfo.script_interpreter(str(launcher)) == str(venv_python)
+
+
+def test_env_with_options(tmp_path: Path) -> None:
+    found = torchinfo.script_interpreter(str(script(tmp_path, "#!/usr/bin/env -S python3 -u")))
+    assert found is not None and found.endswith("python3")
+
+
+def test_stop_kills_a_slow_check(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    slow = tmp_path / "slowpy"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    check = torchinfo.TorchCheck()
+    errors: list[str] = []
+
+    def run() -> None:
+        try:
+            check.detect(str(slow))
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.3)
+    check.stop()
+    t.join(5)
+    assert not t.is_alive() and errors
