@@ -60,21 +60,17 @@ chat/completions on an ``--embeddings``/``--reranking`` server answer 500.
 """
 
 import argparse
-import base64
-import contextlib
-import hashlib
-import http.server
 import itertools
 import json
-import math
 import os
 import signal
-import socket
-import socketserver
-import struct
 import sys
-import threading
 import time
+
+if __package__:  # imported as tests.support.fake_llama_server
+    from . import fake_common
+else:  # run by path: this file's folder is sys.path[0]
+    import fake_common
 
 BUILD_NUMBER = 10434
 FINGERPRINT = f"b{BUILD_NUMBER}-fake"
@@ -331,88 +327,30 @@ LOG_ENABLED = True
 
 def log(line):
     if LOG_ENABLED:
-        with contextlib.suppress(OSError):
-            os.write(2, (line + "\n").encode("utf-8", "replace"))
+        fake_common.write_line(2, line)
 
 
 def raw_stderr(line):
-    with contextlib.suppress(OSError):
-        os.write(2, (line + "\n").encode("utf-8", "replace"))
-
-
-class SideFile:
-    """Append-only side file; each line is one O_APPEND write (no buffering)."""
-
-    def __init__(self, path):
-        self.fd = None
-        try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError:
-            self.fd = None
-
-    def write(self, line):
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(self.fd, (line + "\n").encode("utf-8", "replace"))
+    fake_common.write_line(2, line)
 
 
 # ---------------------------------------------------------------------------
 # knobs
 # ---------------------------------------------------------------------------
-DEFAULT_KNOBS = {
-    "load_delay": 0.0,
-    "never_ready": False,
-    "fail_start": False,
-    "exit_during_load": False,
-    "tokens": 8,
-    "token_delay": 0.0,
-    "crash_after_tokens": None,
-    "ignore_sigterm": False,
-    "embedding_dim": 8,
-    "record_requests": True,
-}
+DEFAULT_KNOBS = {**fake_common.BASE_KNOBS, "crash_after_tokens": None}
 
 
 def read_knobs(path):
-    knobs = dict(DEFAULT_KNOBS)
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return knobs
-    if not isinstance(data, dict):
-        return knobs
-
-    def num(key, cast):
-        v = data.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            knobs[key] = cast(v)
-
-    num("load_delay", float)
-    num("token_delay", float)
-    num("tokens", int)
-    num("embedding_dim", int)
-    num("crash_after_tokens", int)
-    for key in (
-        "never_ready",
-        "fail_start",
-        "exit_during_load",
-        "ignore_sigterm",
-        "record_requests",
-    ):
-        if key in data:
-            knobs[key] = bool(data[key])
-    knobs["tokens"] = max(0, knobs["tokens"])
-    knobs["embedding_dim"] = max(1, knobs["embedding_dim"])
-    knobs["load_delay"] = max(0.0, knobs["load_delay"])
-    knobs["token_delay"] = max(0.0, knobs["token_delay"])
+    knobs, _data = fake_common.read_knob_file(
+        path, DEFAULT_KNOBS, numbers=(("crash_after_tokens", int),)
+    )
     return knobs
 
 
 # ---------------------------------------------------------------------------
 # HTTP
 # ---------------------------------------------------------------------------
-JSON_CT = b"application/json; charset=utf-8"
+JSON_CT = fake_common.JSON_CT
 
 REASONS = {
     200: b"OK",
@@ -429,8 +367,7 @@ REASONS = {
 }
 
 
-def _dumps(obj):
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+_dumps = fake_common.dumps
 
 
 def error_body(code, message, etype):
@@ -469,32 +406,14 @@ BODY_POOLING_NONE = error_body(
 
 PUBLIC_PATHS = frozenset({"/health", "/v1/health", "/models", "/v1/models", "/api/tags"})
 
-TOKENS = [f"tok{i} " for i in range(4096)]
-TOKENS_B = [t.encode() for t in TOKENS]
-
-
-def tok_text(i):
-    return TOKENS[i] if i < 4096 else f"tok{i} "
-
-
-def tok_bytes(i):
-    return TOKENS_B[i] if i < 4096 else f"tok{i} ".encode()
+tok_text = fake_common.tok_text
+tok_bytes = fake_common.tok_bytes
 
 
 class BadRequest(Exception):
     def __init__(self, message):
         super().__init__(message)
         self.message = message
-
-
-def _count_words(obj):
-    if isinstance(obj, str):
-        return len(obj.split())
-    if isinstance(obj, list):
-        return sum(_count_words(x) for x in obj)
-    if isinstance(obj, dict):
-        return sum(_count_words(v) for k, v in obj.items() if k in ("content", "text"))
-    return 0
 
 
 class App:
@@ -515,7 +434,7 @@ class App:
         self.pooling = "rank" if args.reranking else args.pooling
         self.api_keys = [k for v in args.api_key for k in v.split(",") if k]
         self.verbose = bool(args.verbose)
-        self.events = SideFile(model_path + ".events")
+        self.events = fake_common.SideFile(model_path + ".events")
         self.record_requests = bool(knobs["record_requests"])
         self.ids = itertools.count(1)
         self.started = int(time.time())
@@ -584,50 +503,20 @@ class App:
 APP = None  # type: App
 
 
-class FakeHTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 1024
-
-    def server_bind(self):
-        # skip HTTPServer.server_bind's socket.getfqdn(): a reverse DNS lookup is slow
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = host
-        self.server_port = port
-
-    def handle_error(self, request, client_address):
-        if APP is not None and APP.verbose:
-            super().handle_error(request, client_address)
+def _verbose():
+    return APP is not None and APP.verbose
 
 
-class FakeHTTPServer6(FakeHTTPServer):
-    address_family = socket.AF_INET6
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(fake_common.FakeRequestHandler):
     server_version = "llama.cpp"
-    sys_version = ""
-    disable_nagle_algorithm = True  # TCP_NODELAY on every accepted socket
-    wbufsize = 0  # every wfile.write() is one sendall(): SSE chunks leave at once
     rbufsize = 65536
-    timeout = None
 
     # -- request parsing (a lean replacement for BaseHTTPRequestHandler's) --
     def handle_one_request(self):
-        rfile = self.rfile
-        try:
-            line = rfile.readline(65537)
-        except (OSError, ValueError):
-            self.close_connection = True
+        line = self.read_request_line()
+        if line is None:
             return
-        if not line:
-            self.close_connection = True
-            return
-        if line in (b"\r\n", b"\n"):  # stray CRLF between requests
-            return
-        if len(line) > 65536:
+        if len(line) > fake_common.LINE_LIMIT:
             self._reply(414, error_body(414, "URI Too Long", "invalid_request_error"), close=True)
             return
         self.raw_requestline = line
@@ -636,41 +525,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._reply(400, error_body(400, "Bad Request", "invalid_request_error"), close=True)
             return
         method, target, version = parts
-        headers = {}
-        count = 0
-        while True:
-            h = rfile.readline(65537)
-            if not h:
-                self.close_connection = True
-                return
-            if h in (b"\r\n", b"\n"):
-                break
-            count += 1
-            if count > 200 or len(h) > 65536:
-                self._reply(
-                    431,
-                    error_body(431, "Request Header Fields Too Large", "invalid_request_error"),
-                    close=True,
-                )
-                return
-            k, sep, v = h.partition(b":")
-            if not sep:
-                self._reply(
-                    400, error_body(400, "Bad Request", "invalid_request_error"), close=True
-                )
-                return
-            headers[k.strip().lower()] = v.strip()
-        conn = headers.get(b"connection", b"").lower()
-        self.http10 = version == b"HTTP/1.0"
-        if self.http10:
-            self.close_connection = conn != b"keep-alive"
-        else:
-            self.close_connection = conn == b"close"
-        self.command = method.decode("latin-1")
-        self.path = target.decode("latin-1")
-        self.request_version = version.decode("latin-1")
-        self.requestline = line.decode("latin-1").rstrip("\r\n")
-        self.hdrs = headers
+        bad = None
+        try:
+            headers = self.read_headers()
+        except fake_common.HeadError as e:
+            bad = e.status  # answered outside the handler: no chained traceback with -v
+        if bad == 431:
+            body = error_body(431, "Request Header Fields Too Large", "invalid_request_error")
+            self._reply(431, body, close=True)
+            return
+        if bad is not None:
+            self._reply(400, error_body(400, "Bad Request", "invalid_request_error"), close=True)
+            return
+        if headers is None:
+            return
+        self.accept_request(line, method, target, version, headers)
         try:
             body = self._read_body(headers)
         except BadRequest as e:
@@ -683,25 +552,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._dispatch()
 
     def _read_body(self, headers):
-        te = headers.get(b"transfer-encoding")
-        if te is not None and b"chunked" in te.lower():
-            if headers.get(b"expect", b"").lower() == b"100-continue" and not self.http10:
-                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if fake_common.is_chunked(headers):
+            if fake_common.wants_continue(headers) and not self.http10:
+                self.wfile.write(fake_common.CONTINUE_100)
             out = []
             rfile = self.rfile
             while True:
-                size_line = rfile.readline(65537)
+                size_line = rfile.readline(fake_common.LINE_LIMIT + 1)
                 if not size_line:
                     raise ValueError("eof in chunked body")
                 try:
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
+                    size = fake_common.chunk_size(size_line)
                 except ValueError:
                     raise BadRequest("invalid chunked encoding") from None
                 if size == 0:
-                    while True:  # trailers
-                        t = rfile.readline(65537)
-                        if not t or t in (b"\r\n", b"\n"):
-                            break
+                    fake_common.skip_trailers(rfile)
                     break
                 out.append(rfile.read(size))
                 rfile.readline(3)
@@ -717,8 +582,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise BadRequest("invalid Content-Length")
         if n == 0:
             return b""
-        if headers.get(b"expect", b"").lower() == b"100-continue" and not self.http10:
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if fake_common.wants_continue(headers) and not self.http10:
+            self.wfile.write(fake_common.CONTINUE_100)
         data = self.rfile.read(n)
         if len(data) != n:
             raise ValueError("short body")
@@ -848,11 +713,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             msgs = data.get("messages")
             if not isinstance(msgs, list):
                 raise BadRequest("'messages' is required and must be an array")
-            prompt_tokens = _count_words(msgs)
+            prompt_tokens = fake_common.count_words(msgs)
         else:
             if "prompt" not in data:
                 raise BadRequest('"prompt" must be provided')
-            prompt_tokens = _count_words(data.get("prompt"))
+            prompt_tokens = fake_common.count_words(data.get("prompt"))
         n, finish = self._n_tokens(data)
         cid = ("chatcmpl-fake%s-%d" if chat else "cmpl-fake%s-%d") % (app.pid_s, next(app.ids))
         created = int(time.time())
@@ -992,17 +857,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if delay:
                     sleep(delay)
                 ev = (pre_first if i == 0 else pre) + tok_bytes(i) + suf
-                if http10:
-                    write(ev)
-                else:
-                    write(b"%x\r\n%s\r\n" % (len(ev), ev))
+                write(ev if http10 else fake_common.frame_chunk(ev))
                 app.n_tokens += 1
             if crash_at is not None and crash_at == n:
                 app.crash()
-            if http10:
-                write(final)
-            else:
-                write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(final), final))
+            write(final if http10 else fake_common.frame_chunk(final) + fake_common.LAST_CHUNK)
         except OSError:
             # BrokenPipeError / ConnectionResetError / ...: the client went away mid-stream
             self.close_connection = True
@@ -1042,9 +901,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for i, text in enumerate(inputs):
             if not text:
                 raise BadRequest(f"input {i} is empty")
-            vec = embed(text, dim)
+            vec = fake_common.embed(text, dim)
             total += max(1, len(text.split()))
-            emb = base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode("ascii") if b64 else vec
+            emb = fake_common.embedding_b64(vec) if b64 else vec
             out.append({"embedding": emb, "index": i, "object": "embedding"})
         self._reply(
             200,
@@ -1086,7 +945,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for i, d in enumerate(texts):
             dwords = set(d.lower().split())
             total += len(qwords) + len(dwords)
-            results.append({"index": i, "relevance_score": rerank_score(qwords, dwords, d)})
+            score = fake_common.rerank_score(qwords, dwords, d)
+            results.append({"index": i, "relevance_score": score})
         results.sort(key=lambda r: -r["relevance_score"])
         if isinstance(top_n, int) and not isinstance(top_n, bool) and top_n >= 0:
             results = results[:top_n]
@@ -1105,21 +965,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 }
             )
         self._reply(200, body)
-
-
-def embed(text, dim):
-    """Deterministic, L2-normalised vector for `text`."""
-    raw = hashlib.shake_128(text.encode("utf-8")).digest(dim * 2)
-    vals = [(v - 32768) / 32768.0 for v in struct.unpack(f"<{dim}H", raw)]
-    norm = math.sqrt(sum(v * v for v in vals)) or 1.0
-    return [round(v / norm, 6) for v in vals]
-
-
-def rerank_score(qwords, dwords, doc):
-    """Share of query words present in the document, plus a tiny deterministic tiebreak."""
-    base = (len(qwords & dwords) / len(qwords)) if qwords else 0.0
-    tiebreak = hashlib.md5(doc.encode("utf-8")).digest()[0] / 255.0 * 1e-3
-    return round(base + tiebreak, 6)
 
 
 ROUTES = {
@@ -1175,7 +1020,7 @@ def main(argv=None):
     #    can count every spawn, including ones the CLI check rejects
     raw_model = _scan_model(argv)
     if raw_model:
-        SideFile(raw_model + ".starts").write(f"{os.getpid()} {json.dumps(sys.argv)}")
+        fake_common.SideFile(raw_model + ".starts").write(f"{os.getpid()} {json.dumps(sys.argv)}")
     args = parse_cli(argv)
     if args.help:
         sys.stdout.write(
@@ -1199,12 +1044,7 @@ def main(argv=None):
     knobs = read_knobs(model_path)
     model_exists = os.path.isfile(model_path)
 
-    if knobs["ignore_sigterm"]:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    else:
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+    fake_common.on_term_signals(signal.SIG_IGN if knobs["ignore_sigterm"] else _on_signal)
 
     n_threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
     log(
@@ -1221,9 +1061,8 @@ def main(argv=None):
     # 2. bind before loading, like the real server
     APP = App(args, knobs, model_path)
     host = args.host
-    cls = FakeHTTPServer6 if ":" in host else FakeHTTPServer
     try:
-        httpd = cls((host, args.port), Handler)
+        httpd = fake_common.bind_server(host, args.port, Handler, report_errors=_verbose)
     except (OSError, OverflowError, ValueError):
         log(f"start: couldn't bind HTTP server socket, hostname: {host}, port: {args.port}")
         log("main: exiting due to HTTP server error")
@@ -1234,8 +1073,7 @@ def main(argv=None):
         f"main: HTTP server is listening, hostname: {host}, port: {port}, "
         f"http threads: {threads_http}"
     )
-    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True)
-    t.start()
+    fake_common.serve_in_background(httpd)
 
     # 3. "load" the model
     log("main: loading model")

@@ -130,20 +130,23 @@ in spdlog format; usage errors go to stderr.
 import base64
 import contextlib
 import hashlib
-import http.server
 import json
 import math
 import os
 import re
 import signal
 import socket
-import socketserver
 import struct
 import sys
 import threading
 import time
 import zlib
 from urllib.parse import unquote
+
+if __package__:  # imported as tests.support.fake_ovms
+    from . import fake_common
+else:  # run by path: this file's folder is sys.path[0]
+    import fake_common
 
 PROJECT_NAME = "OpenVINO Model Server"
 DEFAULT_VERSION = "2025.4"
@@ -709,74 +712,21 @@ def log(logger, level, where, msg):
 
 def say(text):
     """A plain std::cout line (not a log line)."""
-    with contextlib.suppress(OSError):
-        os.write(1, (text + "\n").encode("utf-8", "replace"))
-
-
-class SideFile:
-    """Append-only side file; each line is one O_APPEND write (no buffering)."""
-
-    def __init__(self, path):
-        try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError:
-            self.fd = None
-
-    def write(self, line):
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(self.fd, (line + "\n").encode("utf-8", "replace"))
+    fake_common.write_line(1, text)
 
 
 # ---------------------------------------------------------------------------
 # knobs
 # ---------------------------------------------------------------------------
-DEFAULT_KNOBS = {
-    "servable": "llm",
-    "load_delay": 0.0,
-    "never_ready": False,
-    "fail_start": False,
-    "exit_during_load": False,
-    "tokens": 8,
-    "token_delay": 0.0,
-    "ignore_sigterm": False,
-    "embedding_dim": 8,
-    "record_requests": True,
-    "ovms_version": None,
-}
+DEFAULT_KNOBS = {"servable": "llm", **fake_common.BASE_KNOBS, "ovms_version": None}
 
 
 def read_knobs(directory):
-    knobs = dict(DEFAULT_KNOBS)
-    try:
-        with open(os.path.join(directory, KNOBS_FILE), "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return knobs
-    if not isinstance(data, dict):
-        return knobs
-    for key, cast in (
-        ("load_delay", float),
-        ("token_delay", float),
-        ("tokens", int),
-        ("embedding_dim", int),
-    ):
-        v = data.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            knobs[key] = cast(v)
-    for key in ("never_ready", "fail_start", "exit_during_load", "ignore_sigterm"):
-        if key in data:
-            knobs[key] = bool(data[key])
-    if "record_requests" in data:
-        knobs["record_requests"] = bool(data["record_requests"])
+    knobs, data = fake_common.read_knob_file(os.path.join(directory, KNOBS_FILE), DEFAULT_KNOBS)
     if data.get("servable") in SERVABLES:
         knobs["servable"] = data["servable"]
     if isinstance(data.get("ovms_version"), str):
         knobs["ovms_version"] = data["ovms_version"]
-    knobs["tokens"] = max(0, knobs["tokens"])
-    knobs["embedding_dim"] = max(1, knobs["embedding_dim"])
-    knobs["load_delay"] = max(0.0, knobs["load_delay"])
-    knobs["token_delay"] = max(0.0, knobs["token_delay"])
     return knobs
 
 
@@ -943,7 +893,7 @@ class Servable:
         self.node = node or NODE_NAMES.get(kind, name)
         # pending -> loading -> available | failed ; missing = dir absent (config flow)
         self.state = "pending"
-        self.events = SideFile(os.path.join(directory, "fake_ovms.events"))
+        self.events = fake_common.SideFile(os.path.join(directory, "fake_ovms.events"))
         self.record = bool(knobs["record_requests"]) and os.path.isdir(directory)
 
     @property
@@ -1006,7 +956,7 @@ LOADING_DONE = threading.Event()
 # ---------------------------------------------------------------------------
 # HTTP
 # ---------------------------------------------------------------------------
-JSON_CT = b"application/json; charset=utf-8"
+JSON_CT = fake_common.JSON_CT
 TEXT_CT = b"text/plain; charset=utf-8"
 REASONS = {
     200: b"OK",
@@ -1020,8 +970,7 @@ REASONS = {
 }
 
 
-def _dumps(obj):
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+_dumps = fake_common.dumps
 
 
 def err_body(text):
@@ -1066,11 +1015,10 @@ class BodyReader:
     def __init__(self, handler, headers):
         self.h = handler
         self.rfile = handler.rfile
-        self.expect = headers.get(b"expect", b"").lower() == b"100-continue"
+        self.expect = fake_common.wants_continue(headers)
         self.started = False
         self.done = False
-        te = headers.get(b"transfer-encoding")
-        self.chunked = te is not None and b"chunked" in te.lower()
+        self.chunked = fake_common.is_chunked(headers)
         self.remaining = 0
         self.chunk_left = 0
         if not self.chunked:
@@ -1087,7 +1035,7 @@ class BodyReader:
         if not self.started:
             self.started = True
             if self.expect and not self.h.http10 and not self.done:
-                self.h.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.h.wfile.write(fake_common.CONTINUE_100)
 
     def read(self, size=262144):
         if self.done:
@@ -1102,18 +1050,15 @@ class BodyReader:
                 self.done = True
             return data
         if self.chunk_left == 0:
-            line = self.rfile.readline(65537)
+            line = self.rfile.readline(fake_common.LINE_LIMIT + 1)
             if not line:
                 raise ConnectionError("eof in chunked body")
             try:
-                self.chunk_left = int(line.split(b";", 1)[0].strip(), 16)
+                self.chunk_left = fake_common.chunk_size(line)
             except ValueError:
                 raise ConnectionError("bad chunk size") from None
             if self.chunk_left == 0:
-                while True:
-                    t = self.rfile.readline(65537)
-                    if not t or t in (b"\r\n", b"\n"):
-                        break
+                fake_common.skip_trailers(self.rfile)
                 self.done = True
                 return b""
         data = self.rfile.read(min(size, self.chunk_left))
@@ -1135,25 +1080,6 @@ class BodyReader:
     def drain(self):
         while not self.done:
             self.read(1 << 20)
-
-
-class FakeHTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 1024
-
-    def server_bind(self):
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = host
-        self.server_port = port
-
-    def handle_error(self, request, client_address):
-        pass
-
-
-class FakeHTTPServer6(FakeHTTPServer):
-    address_family = socket.AF_INET6
 
 
 RE_PREDICT = re.compile(
@@ -1189,60 +1115,34 @@ def url_decode(text):
     return unquote(text, errors="surrogateescape")
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    sys_version = ""
-    disable_nagle_algorithm = True
-    wbufsize = 0
+class Handler(fake_common.FakeRequestHandler):
     rbufsize = 262144
-    timeout = None
 
     def handle_one_request(self):
-        rfile = self.rfile
-        try:
-            line = rfile.readline(65537)
-        except (OSError, ValueError):
-            self.close_connection = True
-            return
-        if not line:
-            self.close_connection = True
-            return
-        if line in (b"\r\n", b"\n"):
+        line = self.read_request_line()
+        if line is None:
             return
         parts = line.split()
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or len(line) > 65536:
+        if (
+            len(parts) != 3
+            or not parts[2].startswith(b"HTTP/")
+            or len(line) > fake_common.LINE_LIMIT
+        ):
             self.close_connection = True
             self.http10 = False
             self._reply(400, b"", close=True)
             return
         method, target, version = parts
-        headers = {}
-        count = 0
-        while True:
-            h = rfile.readline(65537)
-            if not h:
-                self.close_connection = True
-                return
-            if h in (b"\r\n", b"\n"):
-                break
-            count += 1
-            k, sep, v = h.partition(b":")
-            if not sep or count > 200:
-                self.http10 = False
-                self._reply(400, b"", close=True)
-                return
-            headers[k.strip().lower()] = v.strip()
-        conn = headers.get(b"connection", b"").lower()
-        self.http10 = version == b"HTTP/1.0"
-        if self.http10:
-            self.close_connection = conn != b"keep-alive"
-        else:
-            self.close_connection = conn == b"close"
-        self.command = method.decode("latin-1")
-        self.path = target.decode("latin-1")
-        self.request_version = version.decode("latin-1")
-        self.requestline = line.decode("latin-1").rstrip("\r\n")
-        self.hdrs = headers
+        try:
+            # every malformed head (too many lines included) is a 400 with no body here
+            headers = self.read_headers(check_length=False)
+        except fake_common.HeadError:
+            self.http10 = False
+            self._reply(400, b"", close=True)
+            return
+        if headers is None:
+            return
+        self.accept_request(line, method, target, version, headers)
         self.body = BodyReader(self, headers)
         if self.body.length is not None and self.body.length > MAX_BODY:
             self._reply(413, b"", close=True)
@@ -1713,7 +1613,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if not _is_int(v) or v < 0:
                     raise ServableError(s.node, "max_completion_tokens is not an unsigned integer")
                 max_tokens = v
-            prompt_tokens = _count_words(msgs)
+            prompt_tokens = fake_common.count_words(msgs)
         else:
             prompt = data.get("prompt")
             if prompt is not None and not isinstance(prompt, str):
@@ -1737,7 +1637,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         if delay and n:
             time.sleep(delay * n)
-        text = "".join(f"tok{i} " for i in range(n))
+        text = "".join(fake_common.tok_text(i) for i in range(n))
         choice = {"finish_reason": finish, "index": 0, "logprobs": None}
         if chat:
             choice["message"] = {"content": text, "role": "assistant", "tool_calls": []}
@@ -1790,17 +1690,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             )
 
             def send(ev):
-                if http10:
-                    write(ev)
-                else:
-                    write(b"%x\r\n%s\r\n" % (len(ev), ev))
+                write(ev if http10 else fake_common.frame_chunk(ev))
 
             if n == 0:
                 send(chunk("", finish))
             for i in range(n):
                 if delay:
                     time.sleep(delay)
-                send(chunk(f"tok{i} ", finish if i == n - 1 else None))
+                send(chunk(fake_common.tok_text(i), finish if i == n - 1 else None))
             final = b""
             if include_usage:
                 final += (
@@ -1810,7 +1707,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             final += b"data: [DONE]\n\n"
             send(final)
             if not http10:
-                write(b"0\r\n\r\n")
+                write(fake_common.LAST_CHUNK)
         except OSError:
             self.close_connection = True
             s.events.write(f"stream_aborted {APP.pid_s}")
@@ -1833,11 +1730,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for i, item in enumerate(inputs):
             text = item if isinstance(item, str) else " ".join(map(str, item))
             total += len(text.split()) if isinstance(item, str) else len(item)
-            vec = embed(text, dim)
-            if fmt == "base64":
-                emb = base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode("ascii")
-            else:
-                emb = vec
+            vec = fake_common.embed(text, dim)
+            emb = fake_common.embedding_b64(vec) if fmt == "base64" else vec
             out.append({"object": "embedding", "embedding": emb, "index": i})
         body = {
             "object": "list",
@@ -1896,7 +1790,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if ret is not None and not isinstance(ret, bool):
             raise ServableError(s.node, "return_documents accepts boolean values")
         qwords = set(query.lower().split())
-        scores = [rerank_score(qwords, set(t.lower().split()), t) for t in texts]
+        scores = [fake_common.rerank_score(qwords, set(t.lower().split()), t) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: -scores[i])
         results = []
         for rank, i in enumerate(order):
@@ -2047,16 +1941,6 @@ def _flatten(values):
     return out
 
 
-def _count_words(obj):
-    if isinstance(obj, str):
-        return len(obj.split())
-    if isinstance(obj, list):
-        return sum(_count_words(x) for x in obj)
-    if isinstance(obj, dict):
-        return sum(_count_words(v) for k, v in obj.items() if k in ("content", "text"))
-    return 0
-
-
 def _tokenize_input(node, data, field):
     """TokenizeParser::parseInput (src/tokenize/tokenize_parser.cpp)."""
     if field not in data:
@@ -2094,19 +1978,6 @@ def _tokenize_input(node, data, field):
     if kind == "ints":
         return v
     raise ServableError(node, "input must be either array of strings or array of array of integers")
-
-
-def embed(text, dim):
-    raw = hashlib.shake_128(text.encode("utf-8")).digest(dim * 2)
-    vals = [(v - 32768) / 32768.0 for v in struct.unpack(f"<{dim}H", raw)]
-    norm = math.sqrt(sum(v * v for v in vals)) or 1.0
-    return [round(v / norm, 6) for v in vals]
-
-
-def rerank_score(qwords, dwords, doc):
-    base = (len(qwords & dwords) / len(qwords)) if qwords else 0.0
-    tiebreak = hashlib.md5(doc.encode("utf-8")).digest()[0] / 255.0 * 1e-3
-    return round(base + tiebreak, 6)
 
 
 def make_wav(text):
@@ -2324,7 +2195,7 @@ def record_start(argv):
         if key in seen or not os.path.isdir(d):
             continue
         seen.add(key)
-        SideFile(os.path.join(d, "fake_ovms.starts")).write(line)
+        fake_common.SideFile(os.path.join(d, "fake_ovms.starts")).write(line)
     return found
 
 
@@ -2553,9 +2424,8 @@ def bind_rest(args):
             "drogon_http_server.cpp:131",
             f"Binding REST server to address: {host}:{port}",
         )
-        cls = FakeHTTPServer6 if ":" in host else FakeHTTPServer
         try:
-            servers.append(cls((host, port), Handler))
+            servers.append(fake_common.bind_server(host, port, Handler))
         except (OSError, OverflowError, ValueError):
             log(
                 "serving",
@@ -2610,8 +2480,7 @@ def main(argv=None):
             )
 
     app = APP = App(args, mode, version)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    fake_common.on_term_signals(_on_signal)
 
     if mode == "list_models":
         say("Listing models in repository...")
@@ -2645,8 +2514,7 @@ def main(argv=None):
 
     build_servables(app, args, mode)
     if any(s.knobs["ignore_sigterm"] for s in app.servables):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        fake_common.on_term_signals(signal.SIG_IGN)
 
     # 2. modules: gRPC (off with port 0), then REST bound BEFORE loading
     log("serving", "info", "grpcservermodule.cpp:114", "GRPCServerModule started")
@@ -2668,10 +2536,7 @@ def main(argv=None):
         workers = args.get("rest_workers", CPU_COUNT)
         log("serving", "info", "httpservermodule.cpp:33", f"Will start {workers} REST workers")
         for httpd in bind_rest(args):
-            t = threading.Thread(
-                target=httpd.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True
-            )
-            t.start()
+            fake_common.serve_in_background(httpd)
         log(
             "serving",
             "info",
@@ -2693,8 +2558,7 @@ def main(argv=None):
     if config_flow:
         load_config_file(app, args.get("config_path"))
         if any(s.knobs["ignore_sigterm"] for s in app.servables):
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            fake_common.on_term_signals(signal.SIG_IGN)
     elif mode == "serve" and app.servables and app.servables[0].graph:
         bad = [k for k in GRAPH_DISALLOWED_CLI if args.given(k)]
         if bad:
