@@ -13,7 +13,7 @@ import http.cookiejar
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -55,6 +55,18 @@ class Releasable(Protocol):
     def release(self) -> None: ...
 
 
+#: Piece size for sending request bodies (uploads) upstream; urllib3's default is 16 KiB.
+SEND_BLOCK = 256 * 1024
+
+
+class _Adapter(HTTPAdapter):
+    """Sends file bodies (uploads) upstream in larger pieces than urllib3's default."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("blocksize", SEND_BLOCK)
+        super().init_poolmanager(*args, **kwargs)
+
+
 class Upstream:
     """A pooled HTTP client shared by every request thread."""
 
@@ -66,7 +78,7 @@ class Upstream:
         self.session.headers.clear()
         # ... and a cookie one backend sets is never replayed to another client.
         self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+        adapter = _Adapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.timeout = (connect_timeout, request_timeout)
 

@@ -125,6 +125,7 @@ def make_server(app: Any, cfg: Config, chunked_keepalive: bool = True) -> BaseWS
         # send_bytes stays at waitress 3's default of 1: every chunk is flushed at once.
         asyncore_use_poll=True,  # no 1024-descriptor select() limit
         max_request_body_size=int(cfg.server.max_body_mb * 1024 * 1024) + 65536,
+        recv_bytes=65536,  # uploads: fewer, larger reads than waitress's 8 KiB
         ident="dynllm",
     )
     if isinstance(server, BaseWSGIServer):  # one listening socket, as configured here
