@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -22,6 +23,7 @@ from .config import (
     warnings_for,
 )
 from .errors import DynLLMError
+from .notify import notify
 
 log = logging.getLogger("dynllm")
 
@@ -199,6 +201,11 @@ def serve(cfg: Config) -> int:
     try:
         registry.heal()
         for name in cfg.preload_models:
+            model = cfg.model(name)
+            assert model is not None  # the config checked preload names
+            # A long preload must not trip systemd's start timeout.
+            budget = cfg.load_timeout_for(model) + cfg.backend.stop_timeout_seconds + 30
+            notify(f"STATUS=preloading {name}", f"EXTEND_TIMEOUT_USEC={int(budget * 1e6)}")
             try:
                 registry.load(name)
                 log.info("preloaded %s", name)
@@ -216,12 +223,19 @@ def serve(cfg: Config) -> int:
             server.effective_host,
             server.effective_port,  # type: ignore[union-attr]
         )
+        # The socket is bound and listening: connections queue until run() accepts them.
+        notify(
+            "READY=1",
+            f"STATUS=serving {len(cfg.models)} model(s) on port {server.effective_port}",  # type: ignore[union-attr]
+            f"MAINPID={os.getpid()}",
+        )
         server.run()
     except SystemExit:
         pass
     finally:
         phases.interruptible = False
         log.info("shutting down: stopping backends")
+        notify("STOPPING=1", "STATUS=stopping backends")
         sweeper.stop()
         if server is not None:
             server.close()
