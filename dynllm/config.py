@@ -120,6 +120,19 @@ class ServerConfig(_Strict):
     shutdown_grace_seconds: float = Field(5, ge=0)
     #: How often the idle sweeper looks for models to unload.
     sweep_interval_seconds: float = Field(30, gt=0)
+    #: Address of a reverse proxy (e.g. ``127.0.0.1``, or ``*``) whose forwarded
+    #: headers are believed; ``None``: such headers from anyone are ignored.
+    trusted_proxy: str | None = None
+    #: Which forwarded headers the trusted proxy sets.
+    trusted_proxy_headers: list[
+        Literal[
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "forwarded",
+        ]
+    ] = Field(default_factory=lambda: ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"])
 
 
 class BackendSettings(_Strict):

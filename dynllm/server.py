@@ -110,6 +110,19 @@ def nonblocking_wakeups(server: BaseWSGIServer) -> None:
     trigger._physical_pull = pull
 
 
+def proxy_options(cfg: Config) -> dict[str, Any]:
+    """waitress settings for a reverse proxy in front: its forwarded headers are
+    believed only when it is configured, and dropped from anyone else."""
+    if not cfg.server.trusted_proxy:
+        return {"clear_untrusted_proxy_headers": True}
+    return {
+        "trusted_proxy": cfg.server.trusted_proxy,
+        "trusted_proxy_count": 1,
+        "trusted_proxy_headers": set(cfg.server.trusted_proxy_headers),
+        "clear_untrusted_proxy_headers": True,
+    }
+
+
 def make_server(app: Any, cfg: Config, chunked_keepalive: bool = True) -> BaseWSGIServer:
     """A bound (not yet running) waitress server for ``app``.
 
@@ -127,6 +140,7 @@ def make_server(app: Any, cfg: Config, chunked_keepalive: bool = True) -> BaseWS
         max_request_body_size=int(cfg.server.max_body_mb * 1024 * 1024) + 65536,
         recv_bytes=65536,  # uploads: fewer, larger reads than waitress's 8 KiB
         ident="dynllm",
+        **proxy_options(cfg),
     )
     if isinstance(server, BaseWSGIServer):  # one listening socket, as configured here
         nonblocking_wakeups(server)
