@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from .errors import InvalidRequest
+from .process import log_tail
 from .services import services
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -31,6 +32,26 @@ def _model_from_body() -> str:
 @bp.get("/models")
 def models() -> Response:
     return jsonify(services().registry.snapshot())
+
+
+#: Most lines ``/logs`` returns, and most bytes of the file it reads for them.
+MAX_LOG_LINES = 10_000
+MAX_LOG_BYTES = 4 * 1024 * 1024
+
+
+@bp.get("/models/<path:name>/logs")
+def logs(name: str) -> Response:
+    """The tail of a model's backend log: ``?lines=N`` (default 100), all runs."""
+    raw = request.args.get("lines", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
+        raise InvalidRequest(
+            f"lines must be a whole number from 1 to {MAX_LOG_LINES}, not {raw!r}", param="lines"
+        )
+    path = services().registry.log_path(name)  # 404 for an unknown model
+    text = log_tail(path, int(raw), MAX_LOG_BYTES, latest_run_only=False)
+    return jsonify(
+        {"model": name, "log_path": str(path), "lines": text.splitlines() if text else []}
+    )
 
 
 @bp.post("/models/unload")

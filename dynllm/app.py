@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from . import admin, api, kserve
+from . import admin, api, auth, kserve
 from .config import Config, default_config
 from .errors import DynLLMError, error_body
 from .registry import ModelRegistry
@@ -50,6 +50,7 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(kserve.bp)
+    app.before_request(lambda: auth.check(config))
 
     @app.errorhandler(DynLLMError)
     def dynllm_error(exc: DynLLMError) -> tuple[Response, int, dict[str, str]]:

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from . import __version__, torchinfo
+from . import __version__, auth, torchinfo
 from .config import (
     Config,
     ConfigError,
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("dynllm %s, config: %s", __version__, source)
     for w in warnings:
         log.warning("config: %s", w)
+    auth.warn_if_open(cfg)
     if not cfg.models:
         log.info(
             "no models configured: copy config.example.yaml to config.yaml, add models "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 BackendName = Literal["llamacpp", "openvino", "transformers"]
 ModelType = Literal[
@@ -71,6 +71,10 @@ BACKEND_ONLY_FIELDS: dict[str, str] = {
     "model_timeout": "transformers",
     "revision": "transformers",
 }
+
+#: Environment variables that add client keys (comma-separated) and set the admin key.
+ENV_API_KEYS = "DYNLLM_API_KEYS"
+ENV_ADMIN_KEY = "DYNLLM_ADMIN_API_KEY"
 
 _NEVER_WORDS = {"inf", "+inf", ".inf", "infinity", "never", "-1"}
 
@@ -198,6 +202,11 @@ class Config(_Strict):
         "info"
     )
     preload_models: list[str] = Field(default_factory=list)
+    #: Keys clients must send (``Authorization: Bearer KEY``) on /v1 and /v2;
+    #: more come from $DYNLLM_API_KEYS (comma-separated).  Empty: no key needed.
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    #: Key for /admin and the status page's buttons (also $DYNLLM_ADMIN_API_KEY).
+    admin_api_key: SecretStr | None = None
     backend: BackendSettings = Field(default_factory=BackendSettings)
     models: list[ModelConfig] = Field(default_factory=list)
 
@@ -218,6 +227,18 @@ class Config(_Strict):
         if self.backend.log_dir:
             return Path(self.backend.log_dir)
         return Path(self.db_path).parent / "logs"
+
+    def client_keys(self) -> list[str]:
+        """Every accepted client key: ``api_keys`` plus ``$DYNLLM_API_KEYS``."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        keys += [k.strip() for k in os.environ.get(ENV_API_KEYS, "").split(",") if k.strip()]
+        return keys
+
+    def admin_key(self) -> str | None:
+        """``admin_api_key``, or ``$DYNLLM_ADMIN_API_KEY``."""
+        if self.admin_api_key is not None:
+            return self.admin_api_key.get_secret_value()
+        return os.environ.get(ENV_ADMIN_KEY, "").strip() or None
 
     def run_dir(self) -> Path:
         """Where files written for backends (such as OVMS config files) live."""
@@ -257,6 +278,7 @@ def safe_filename(name: str) -> str:
     return f"{safe.lstrip('.') or 'model'}-{digest}"
 
 
+_KEY_RE = re.compile(r"^[\x21-\x7e]+$")
 _NAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
 
 
@@ -347,6 +369,11 @@ def _semantic_errors(cfg: Config) -> list[str]:
                 f"{label}: quantization: only model_type 'llm' can be quantized, "
                 f"not '{m.model_type}'"
             )
+    for i, key in enumerate(cfg.api_keys):
+        if not _KEY_RE.match(key.get_secret_value()):
+            errors.append(f"api_keys[{i}]: must be non-empty, without spaces or control characters")
+    if cfg.admin_api_key is not None and not _KEY_RE.match(cfg.admin_api_key.get_secret_value()):
+        errors.append("admin_api_key: must be non-empty, without spaces or control characters")
     for i, name in enumerate(cfg.preload_models):
         if name not in seen:
             errors.append(f"preload_models[{i}]: '{name}' is not a configured model name")

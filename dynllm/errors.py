@@ -62,6 +62,17 @@ class WrongModelType(InvalidRequest):
     code = "model_type_mismatch"
 
 
+class Unauthorized(DynLLMError):
+    """A guarded route without a valid ``Authorization: Bearer`` key."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="dynllm"'})
+
+
 class NotFound(DynLLMError):
     status = 404
     type = "invalid_request_error"

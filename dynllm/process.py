@@ -64,8 +64,16 @@ def describe_returncode(code: int | None) -> str:
     return str(code)
 
 
-def log_tail(path: str | os.PathLike[str], lines: int = 20, max_bytes: int = 64 * 1024) -> str:
-    """The last ``lines`` lines of the latest run recorded in a backend log."""
+def log_tail(
+    path: str | os.PathLike[str],
+    lines: int = 20,
+    max_bytes: int = 64 * 1024,
+    latest_run_only: bool = True,
+) -> str:
+    """The last ``lines`` lines of a backend log (of its latest run only, by default).
+
+    At most the last ``max_bytes`` of the file are read.
+    """
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -75,7 +83,9 @@ def log_tail(path: str | os.PathLike[str], lines: int = 20, max_bytes: int = 64 
     except OSError:
         return ""
     text = data.decode("utf-8", errors="replace")
-    mark = text.rfind(RUN_MARK)
+    if size > max_bytes:  # the first line read is probably cut: drop it
+        text = text[text.find("\n") + 1 :]
+    mark = text.rfind(RUN_MARK) if latest_run_only else -1
     if mark >= 0:
         text = text[text.find("\n", mark) + 1 :]
     return "\n".join(text.splitlines()[-lines:])

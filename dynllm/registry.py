@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .backends import Backend, get_backend
@@ -188,6 +189,10 @@ class ModelRegistry:
 
     def lookup(self, name: str) -> ModelConfig:
         return self._record(name).cfg
+
+    def log_path(self, name: str) -> Path:
+        """Where the backend of ``name`` writes its output (fixed at start)."""
+        return self._record(name).log_path
 
     def backend_of(self, name: str) -> Backend:
         return self._models[name].backend

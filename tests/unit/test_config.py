@@ -259,3 +259,37 @@ def test_server_port_inside_backend_range_is_refused() -> None:
 def test_booleans_are_not_numbers() -> None:
     (err,) = errors_of({"models": [model("a", vram_mb=True)]})
     assert err.startswith("models[0] (a): vram_mb:")
+
+
+def test_api_keys_from_config_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYNLLM_API_KEYS", "k2, k3,,")
+    monkeypatch.setenv("DYNLLM_ADMIN_API_KEY", "envadmin")
+    cfg = build_config({"api_keys": ["k1"]}, Path("/"))
+    assert cfg.client_keys() == ["k1", "k2", "k3"]
+    assert cfg.admin_key() == "envadmin"
+    assert "k1" not in repr(cfg) and "k1" not in str(cfg.model_dump())  # SecretStr hides it
+    assert build_config({"admin_api_key": "cfgadmin"}, Path("/")).admin_key() == "cfgadmin"
+    with pytest.raises(ConfigError) as err:
+        build_config({"api_keys": ["has space"], "admin_api_key": ""}, Path("/"))
+    assert "api_keys[0]: must be non-empty" in str(err.value)
+    assert "admin_api_key: must be non-empty" in str(err.value)
+    assert "has space" not in str(err.value)
+
+
+def test_open_server_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from dynllm.auth import warn_if_open
+
+    monkeypatch.delenv("DYNLLM_API_KEYS", raising=False)
+    monkeypatch.delenv("DYNLLM_ADMIN_API_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="dynllm.auth"):
+        warn_if_open(build_config({"server": {"host": "127.0.0.1"}}, Path("/")))
+        warn_if_open(build_config({"server": {"host": "localhost"}}, Path("/")))
+        warn_if_open(build_config({"server": {"host": "0.0.0.0"}, "api_keys": ["k"]}, Path("/")))
+        assert caplog.records == []
+        warn_if_open(build_config({"server": {"host": "0.0.0.0"}}, Path("/")))
+    (rec,) = caplog.records
+    assert "no api_keys configured and listening on 0.0.0.0" in rec.getMessage()

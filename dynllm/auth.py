@@ -1,0 +1,87 @@
+"""API keys: ``Authorization: Bearer KEY`` on the model routes and on /admin.
+
+Client keys (``api_keys`` and ``$DYNLLM_API_KEYS``) guard ``/v1/*`` and
+``/v2/*``; the admin key (``admin_api_key`` or ``$DYNLLM_ADMIN_API_KEY``)
+guards ``/admin/*``, which without an admin key falls back to the client keys.
+With no keys at all nothing is guarded.  Keys are compared in constant time
+and never logged; the header is never sent on to a backend.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+
+from flask import request
+
+from .config import Config
+from .errors import Unauthorized
+
+log = logging.getLogger("dynllm.auth")
+
+GUARDED_BY_CLIENT_KEYS = ("/v1/", "/v2/")
+ADMIN_PREFIX = "/admin/"
+
+
+def _bearer() -> str | None:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _matches(token: str, keys: list[str]) -> bool:
+    found = False
+    raw = token.encode("utf-8", "surrogateescape")
+    for key in keys:  # every key is compared, so the time says nothing about which matched
+        found |= hmac.compare_digest(raw, key.encode())
+    return found
+
+
+def keys_for(path: str, cfg: Config) -> tuple[list[str], str] | None:
+    """The keys that may open ``path`` and what they are called, or ``None`` if open."""
+    if path.startswith(ADMIN_PREFIX) or path == ADMIN_PREFIX.rstrip("/"):
+        admin = cfg.admin_key()
+        if admin is not None:
+            return [admin], "the admin API key"
+        keys = cfg.client_keys()
+        return (keys, "an API key") if keys else None
+    if path.startswith(GUARDED_BY_CLIENT_KEYS):
+        keys = cfg.client_keys()
+        return (keys, "an API key") if keys else None
+    return None
+
+
+def check(cfg: Config) -> None:
+    """Raise a 401 unless the current request may go on (a Flask ``before_request``)."""
+    need = keys_for(request.path, cfg)
+    if need is None:
+        return
+    keys, what = need
+    token = _bearer()
+    if token is None:
+        raise Unauthorized(f"this route needs {what}: send 'Authorization: Bearer <key>'")
+    if not _matches(token, keys):
+        raise Unauthorized(f"the key sent is not {what}")
+
+
+def warn_if_open(cfg: Config) -> None:
+    """Log a warning when no key is configured and DynLLM listens beyond loopback."""
+    if cfg.client_keys():
+        return
+    host = cfg.server.host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        log.warning(
+            "no api_keys configured and listening on %s: anyone who can reach port %s can use "
+            "every model%s; set api_keys (or $DYNLLM_API_KEYS) or listen on 127.0.0.1 behind "
+            "a proxy",
+            host,
+            cfg.server.port,
+            "" if cfg.admin_key() else " and unload or load them through /admin",
+        )
