@@ -17,7 +17,7 @@ from .bodies import (
 )
 from .config import ModelConfig
 from .endpoints import PATHS, SERVES, Endpoint, endpoints_for
-from .errors import DynLLMError, ModelNotFound, WrongModelType
+from .errors import DynLLMError, ModelNotFound, NoCapacity, WrongModelType
 from .records import Lease
 from .relay import RelayBody, downstream_headers, sniff_audio, upstream_headers
 from .services import services
@@ -110,10 +110,19 @@ def proxy(endpoint: Endpoint, req: UpstreamBody, path: str | None = None) -> Res
     by default).
     """
     svc = services()
+    started = time.perf_counter()
     cfg = svc.registry.lookup(req.model)
-    check_endpoint(cfg, endpoint)
-    lease = svc.registry.acquire(req.model)
-    return relay(lease, cfg, endpoint, req, path)
+    try:
+        check_endpoint(cfg, endpoint)
+        lease = svc.registry.acquire(req.model)
+        return relay(lease, cfg, endpoint, req, path, started)
+    except DynLLMError as exc:
+        svc.metrics.request_done(
+            cfg.name, endpoint.value, exc.status, time.perf_counter() - started
+        )
+        if isinstance(exc, NoCapacity):
+            svc.metrics.refused.labels(cfg.name).inc()
+        raise
 
 
 def relay(
@@ -122,8 +131,12 @@ def relay(
     endpoint: Endpoint,
     req: UpstreamBody,
     path: str | None = None,
+    started: float | None = None,
 ) -> Response:
-    """Send the request to the leased backend; the lease is released when the response ends."""
+    """Send the request to the leased backend; the lease is released when the response ends.
+
+    With ``started`` (a ``perf_counter`` reading), the request is counted in the metrics.
+    """
     svc = services()
     try:
         backend = svc.registry.backend_of(cfg.name)
@@ -142,9 +155,21 @@ def relay(
     rename = None
     if backend_model is not None and backend_model != cfg.name:
         rename = (json_string(backend_model), json_string(cfg.name))
-    body_iter = RelayBody(resp, lease, cfg.name, rename)  # from here on, close() releases the lease
+    on_close = None
+    if started is not None:
+        status = resp.status_code
+
+        def on_close() -> None:
+            svc.metrics.request_done(
+                cfg.name, endpoint.value, status, time.perf_counter() - started
+            )
+
+    # From here on, close() releases the lease (and counts the request).
+    body_iter = RelayBody(resp, lease, cfg.name, rename, on_close)
     try:
         body_iter.start()
+        if started is not None:
+            svc.metrics.first_byte(cfg.name, endpoint.value, time.perf_counter() - started)
         out = _RelayResponse(
             body_iter,
             status=resp.status_code,

@@ -85,6 +85,20 @@ class ModelRecord:
         return self.cfg.name
 
 
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change of one model, as observers (metrics) see it."""
+
+    name: str
+    backend: str
+    old: State
+    new: State
+    #: A fixed word for why: "evicted", "idle", "admin", "shutdown" or "".
+    cause: str
+    #: Seconds spent in ``old``.
+    after: float
+
+
 class Lease:
     """The right to send requests to a loaded model; the model is busy while held.
 

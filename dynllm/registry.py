@@ -54,6 +54,7 @@ from .records import (
     Lease,
     ModelRecord,
     ProcessLike,
+    Transition,
     default_launcher,
 )
 from .states import HOLDS_VRAM, STOPPED, State, check_transition
@@ -81,7 +82,8 @@ class ModelRegistry:
         self._clock = clock
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._pending: list[tuple[ModelRow, str]] = []
+        self._pending: list[tuple[ModelRow, str, Transition | None]] = []
+        self._listeners: list[Callable[[Transition], None]] = []
         self._closing = False
         self._cancel = threading.Event()
         self._ports = PortPool(config.backend.port_range_start, config.backend.port_range_end)
@@ -115,29 +117,43 @@ class ModelRegistry:
             pending, self._pending = self._pending, []
             self._lock.release()
         if pending:
-            for _row, line in pending:
+            for _row, line, change in pending:
                 if line:
                     log.info(line)
+                if change is not None:
+                    for listener in self._listeners:
+                        try:
+                            listener(change)
+                        except Exception:  # an observer must never break the registry
+                            log.exception("state listener failed")
             if self._store is not None:
                 try:
-                    self._store.save([row for row, _ in pending])
+                    self._store.save([row for row, _, _ in pending])
                 except Exception:
                     log.exception("could not write model state to %s", self._store.path)
 
-    def _set_state(self, m: ModelRecord, new: State, reason: str) -> None:
-        """The one place a state changes: checked, logged and persisted (lock held)."""
+    def add_listener(self, listener: Callable[[Transition], None]) -> None:
+        """Call ``listener`` with every state change, after the lock is released."""
+        self._listeners.append(listener)
+
+    def _set_state(self, m: ModelRecord, new: State, reason: str, cause: str = "") -> None:
+        """The one place a state changes: checked, logged and persisted (lock held).
+
+        ``cause`` is a short fixed word for why (``evicted``, ``idle``, ...), for metrics.
+        """
         check_transition(m.state, new)
         now = self._clock()
         line = (
             f"model={m.name} {m.state.value} -> {new.value} reason={reason} "
             f"after={now - m.changed:.3f}s"
         )
+        change = Transition(m.name, m.cfg.backend, m.state, new, cause, now - m.changed)
         m.state = new
         m.changed = now
-        self._queue_row(m, line)
+        self._queue_row(m, line, change)
         self._cond.notify_all()
 
-    def _queue_row(self, m: ModelRecord, line: str = "") -> None:
+    def _queue_row(self, m: ModelRecord, line: str = "", change: Transition | None = None) -> None:
         m.seq += 1
         proc = m.proc
         self._pending.append(
@@ -157,6 +173,7 @@ class ModelRegistry:
                     updated_at=time.time(),
                 ),
                 line,
+                change,
             )
         )
 
@@ -324,7 +341,7 @@ class ModelRegistry:
             )
         victims = [self._models[n] for n in names]
         for v in victims:
-            self._set_state(v, State.UNLOADING, f"evicted for {m.name}")
+            self._set_state(v, State.UNLOADING, f"evicted for {m.name}", cause="evicted")
         m.attempt = Attempt()
         m.reserved = True
         return victims
@@ -509,7 +526,7 @@ class ModelRegistry:
                 self._set_state(m, State.UNLOADED, f"{reason}: error cleared")
                 return before.value
             if m.state is State.LOADED:
-                self._set_state(m, State.UNLOADING, reason)
+                self._set_state(m, State.UNLOADING, reason, cause="admin")
             elif m.state is State.UNLOADED:
                 return before.value
         if before is State.LOADED:
@@ -539,7 +556,9 @@ class ModelRegistry:
                 limit = self.config.idle_timeout_for(m.cfg)
                 idle = now - m.last_used
                 if not math.isinf(limit) and idle >= limit:
-                    self._set_state(m, State.UNLOADING, f"idle for {idle:.0f}s (limit {limit:g}s)")
+                    self._set_state(
+                        m, State.UNLOADING, f"idle for {idle:.0f}s (limit {limit:g}s)", cause="idle"
+                    )
                     victims.append(m)
                 elif m.last_used_at is not None:
                     self._queue_row(m)  # keep last_used_at on disk fresh
@@ -583,7 +602,7 @@ class ModelRegistry:
             victims = []
             for m in self._models.values():
                 if m.state in (State.LOADED, State.LOADING):
-                    self._set_state(m, State.UNLOADING, "shutdown")
+                    self._set_state(m, State.UNLOADING, "shutdown", cause="shutdown")
                     victims.append(m)
                 elif m.state is State.UNLOADING:
                     victims.append(m)

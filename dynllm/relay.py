@@ -12,7 +12,7 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, Protocol
 
 import requests
@@ -167,7 +167,9 @@ class RelayBody:
         lease: Releasable,
         model: str,
         rename: tuple[bytes, bytes] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
+        self._on_close = on_close
         self._resp = resp
         self._lease = lease
         self._model = model
@@ -231,6 +233,11 @@ class RelayBody:
                 self._resp.close()
         finally:
             self._lease.release()
+            if self._on_close is not None:
+                try:
+                    self._on_close()
+                except Exception:
+                    log.exception("model=%s response close callback failed", self._model)
 
 
 #: Leading bytes of the audio formats a speech endpoint may return.

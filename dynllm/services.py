@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
 from .config import Config
 from .registry import ModelRegistry
 from .relay import Upstream
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 EXTENSION = "dynllm"
 
@@ -19,6 +23,7 @@ class Services:
     config: Config
     registry: ModelRegistry
     upstream: Upstream
+    metrics: Metrics
     started: int = field(default_factory=lambda: int(time.time()))
 
 
