@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from . import admin, api, auth, kserve
+from . import admin, api, auth, kserve, metrics, ui
 from .config import Config, default_config
 from .errors import DynLLMError, error_body
 from .registry import ModelRegistry
@@ -46,10 +46,14 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # "/v1//chat/completions" would otherwise get an HTML redirect; let it be a JSON 404.
     app.url_map.merge_slashes = False
-    app.extensions[EXTENSION] = Services(config=config, registry=registry, upstream=upstream)
+    app.extensions[EXTENSION] = Services(
+        config=config, registry=registry, upstream=upstream, metrics=metrics.Metrics(registry)
+    )
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(kserve.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(ui.bp)
     app.before_request(lambda: auth.check(config))
 
     @app.errorhandler(DynLLMError)
