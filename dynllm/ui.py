@@ -2,8 +2,8 @@
 
 Everything on it comes from :meth:`ModelRegistry.snapshot`, the same data as
 ``GET /admin/models``.  The page is complete without JavaScript; with it, the
-page re-reads itself every two seconds and swaps in the fresh ``#live``
-section, and its Load / Unload buttons call ``POST /admin/models/load`` and
+page re-reads itself every two seconds and patches in what changed in its
+``#live`` section, and its Load / Unload buttons call ``POST /admin/models/load`` and
 ``/unload``, sending ``Authorization: Bearer <key>`` when an admin key has been
 typed in (kept in ``sessionStorage`` only).  Every value is escaped by Jinja's
 autoescape, which Flask turns on for ``render_template_string``; the script
@@ -101,6 +101,7 @@ th { background: #f4f4f4; }
 .bar span.off { background: transparent; outline: 1px dashed #999; outline-offset: -1px; }
 #budget .bar { height: 1.3em; margin: .3em 0 1em; max-width: 40em; }
 td.vram .bar { width: 8em; margin-top: .2em; }
+td.actions { white-space: nowrap; }
 .state { font-weight: 600; }
 .state-loaded { color: #176317; } .state-failed { color: #b00020; }
 .state-loading, .state-unloading { color: #8a5a00; }
@@ -182,6 +183,24 @@ td.vram .bar { width: 8em; margin-top: .2em; }
     while (messages.children.length > 6) messages.lastElementChild.remove();
   }
 
+  function sameAttributes(a, b) {
+    return a.attributes.length === b.attributes.length &&
+      Array.from(a.attributes).every(function (x) { return b.getAttribute(x.name) === x.value; });
+  }
+
+  // Replace only the nodes that changed, so that scroll positions, focus and
+  // selections elsewhere in the table survive a refresh.
+  function patch(cur, next) {
+    if (cur.isEqualNode(next)) return;
+    if (cur.nodeType !== 1 || cur.nodeName !== next.nodeName || !sameAttributes(cur, next) ||
+        !cur.childNodes.length || cur.childNodes.length !== next.childNodes.length) {
+      cur.replaceWith(document.adoptNode(next));
+      return;
+    }
+    var c = Array.from(cur.childNodes), n = Array.from(next.childNodes);
+    for (var i = 0; i < c.length; i++) patch(c[i], n[i]);
+  }
+
   async function refresh() {
     if (busy) { again = true; return; }
     busy = true;
@@ -191,7 +210,7 @@ td.vram .bar { width: 8em; margin-top: .2em; }
       var doc = new DOMParser().parseFromString(await r.text(), "text/html");
       var fresh = doc.getElementById("live");
       if (!fresh) throw new Error("unexpected answer");
-      document.getElementById("live").replaceWith(document.adoptNode(fresh));
+      patch(document.getElementById("live"), fresh);
       conn.textContent = "updated " + new Date().toLocaleTimeString();
       conn.className = "";
     } catch (e) {
