@@ -104,6 +104,7 @@ else
 server:
   host: 127.0.0.1          # nginx (or another proxy) on this host talks to DynLLM
   port: 8000
+  trusted_proxy: 127.0.0.1 # believe that proxy's X-Forwarded-* headers
 total_vram_mb: 8192
 db_path: $STATE_DIR/dynllm_state.db     # also holds logs/ and run/ next to it
 enabled_backends: [llamacpp, openvino, transformers]

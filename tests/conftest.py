@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import DynLLM, live_pids_matching, wait_for, write_config
+from tests.support.harness import (
+    DynLLM,
+    ModelDir,
+    OvmsModelDir,
+    live_pids_matching,
+    wait_for,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -38,3 +45,78 @@ def dynllm(tmp_path: Path) -> Iterator[Callable[..., DynLLM]]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         raise AssertionError(f"backends outlived DynLLM: {leftover}") from None
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> ModelDir:
+    return ModelDir(tmp_path / "models")
+
+
+@pytest.fixture
+def spec(models: ModelDir) -> Callable[..., dict[str, Any]]:
+    """``spec("a", vram_mb=300, load_delay=0.2)``: a model entry plus its fake model file."""
+
+    def make(name: str, vram_mb: int = 100, model_type: str = "llm", **kw: Any) -> dict[str, Any]:
+        knob_keys = {
+            "load_delay",
+            "never_ready",
+            "fail_start",
+            "exit_during_load",
+            "tokens",
+            "token_delay",
+            "crash_after_tokens",
+            "ignore_sigterm",
+            "embedding_dim",
+        }
+        knobs = {k: kw.pop(k) for k in list(kw) if k in knob_keys}
+        path = models.model(name, **knobs)
+        return {
+            "name": name,
+            "path": str(path),
+            "backend": "llamacpp",
+            "model_type": model_type,
+            "vram_mb": vram_mb,
+            **kw,
+        }
+
+    return make
+
+
+OVMS_KNOBS = {
+    "servable",
+    "load_delay",
+    "never_ready",
+    "fail_start",
+    "exit_during_load",
+    "tokens",
+    "token_delay",
+    "ignore_sigterm",
+    "embedding_dim",
+    "ovms_version",
+}
+
+
+@pytest.fixture
+def ovms_models(tmp_path: Path) -> OvmsModelDir:
+    return OvmsModelDir(tmp_path / "ovms")
+
+
+@pytest.fixture
+def ov_spec(ovms_models: OvmsModelDir) -> Callable[..., dict[str, Any]]:
+    """``ov_spec("phi", model_type="llm", load_delay=0.2)``: an OVMS model entry plus its dir."""
+
+    def make(name: str, vram_mb: int = 100, model_type: str = "llm", **kw: Any) -> dict[str, Any]:
+        # DynLLM's task-mode command line is the one OVMS accepts from 2026.2 on.
+        knobs = {"ovms_version": "2026.2"}
+        knobs.update({k: kw.pop(k) for k in list(kw) if k in OVMS_KNOBS})
+        path = ovms_models.model(name, **knobs)
+        return {
+            "name": name,
+            "path": str(path),
+            "backend": "openvino",
+            "model_type": model_type,
+            "vram_mb": vram_mb,
+            **kw,
+        }
+
+    return make

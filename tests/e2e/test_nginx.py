@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """DynLLM behind a real nginx running the shipped ``deploy/nginx/dynllm.conf``.
 
 nginx is required, not optional: without it every test here fails with a message
@@ -22,7 +21,6 @@ import requests
 
 # The fake-backend model fixtures (``spec``, ``ov_spec``) of the integration layer;
 # imported fixtures are used as test arguments, hence the file-wide F811 exemption.
-from tests.integration.conftest import models, ov_spec, ovms_models, spec  # noqa: F401
 from tests.support.harness import DynLLM, wait_for
 from tests.support.nginx import SITE, Nginx, NginxMissing, find_nginx, render_site
 

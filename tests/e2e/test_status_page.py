@@ -7,14 +7,11 @@ names full of HTML (``<b>``, ``<script>``, ``&``, quotes) must come out as text.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 from markupsafe import escape
 from selenium.common.exceptions import StaleElementReferenceException
@@ -22,25 +19,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.support.browser import headless_chromium
-from tests.support.harness import DynLLM, ModelDir, wait_for
+from tests.support.harness import DynLLM, wait_for
 
 #: Names a config accepts (no whitespace) that are also HTML.
 WEIRD = "x<b>&\"'y</b><script>window.pwned=1</script>"
 WEIRD_BAD = "bad<i>&amp;\"'</i><script>window.pwned=2</script>"
 ADMIN_KEY = "s3cret-admin-key"
-
-
-@pytest.fixture
-def spec(tmp_path: Path) -> Callable[..., dict[str, Any]]:
-    """A fake llama-server model entry; its file is named after a hash of the model name."""
-    models = ModelDir(tmp_path / "models")
-
-    def make(name: str, vram_mb: int = 100, **kw: Any) -> dict[str, Any]:
-        knobs = {k: kw.pop(k) for k in list(kw) if k in {"load_delay", "fail_start"}}
-        path = models.model(hashlib.sha1(name.encode()).hexdigest()[:12], **knobs)
-        return {"name": name, "path": str(path), "backend": "llamacpp", "vram_mb": vram_mb, **kw}
-
-    return make
 
 
 # --------------------------------------------------------------- page helpers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -63,13 +64,20 @@ class ModelDir:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def stem(name: str) -> str:
+        """The file name used for model ``name`` (a hash when the name is not file-safe)."""
+        if re.fullmatch(r"[A-Za-z0-9._-]+", name) and not name.startswith("."):
+            return name
+        return "m-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+
     def model(self, name: str, **knobs: Any) -> Path:
-        p = self.root / f"{name}.gguf"
+        p = self.root / f"{self.stem(name)}.gguf"
         p.write_text(json.dumps(knobs))
         return p
 
     def starts(self, name: str) -> list[tuple[int, list[str]]]:
-        p = self.root / f"{name}.gguf.starts"
+        p = self.root / f"{self.stem(name)}.gguf.starts"
         if not p.exists():
             return []
         out = []
@@ -79,7 +87,7 @@ class ModelDir:
         return out
 
     def events(self, name: str) -> list[str]:
-        p = self.root / f"{name}.gguf.events"
+        p = self.root / f"{self.stem(name)}.gguf.events"
         return p.read_text().splitlines() if p.exists() else []
 
 
