@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, UnsupportedMediaType
 from .process import log_tail
 from .services import services
 
@@ -15,6 +15,10 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
 def _model_from_body() -> str:
+    # A browser sends a cross-site POST without asking first only for "simple"
+    # content types; insisting on JSON keeps other web pages from driving /admin.
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
     raw = request.get_data(cache=False)
     try:
         doc: Any = json.loads(raw) if raw else None
@@ -43,7 +47,10 @@ MAX_LOG_BYTES = 4 * 1024 * 1024
 def logs(name: str) -> Response:
     """The tail of a model's backend log: ``?lines=N`` (default 100), all runs."""
     raw = request.args.get("lines", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
+    if (
+        not (raw.isascii() and raw.isdigit() and len(raw) <= 6)
+        or not 1 <= int(raw) <= MAX_LOG_LINES
+    ):
         raise InvalidRequest(
             f"lines must be a whole number from 1 to {MAX_LOG_LINES}, not {raw!r}", param="lines"
         )

@@ -177,7 +177,7 @@ def relay(
             direct_passthrough=True,
         )
     except BaseException:
-        body_iter.close()
+        body_iter.close(counted=False)  # the caller answers (and counts) the error
         raise
     if "content-type" not in resp.headers:
         del out.headers["Content-Type"]  # Flask's default would misdescribe the body

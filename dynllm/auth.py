@@ -9,6 +9,7 @@ and never logged; the header is never sent on to a backend.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -32,11 +33,17 @@ def _bearer() -> str | None:
     return token.strip()
 
 
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
 def _matches(token: str, keys: list[str]) -> bool:
+    # Digests of equal length are compared, every key each time: the time taken
+    # says neither which key matched nor how long the keys are.
+    sent = _digest(token)
     found = False
-    raw = token.encode("utf-8", "surrogateescape")
-    for key in keys:  # every key is compared, so the time says nothing about which matched
-        found |= hmac.compare_digest(raw, key.encode())
+    for key in keys:
+        found |= hmac.compare_digest(sent, _digest(key))
     return found
 
 
@@ -76,7 +83,13 @@ def warn_if_open(cfg: Config) -> None:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback:
+    if loopback and cfg.server.trusted_proxy:
+        log.warning(
+            "no api_keys configured and a reverse proxy (%s) is in front: anyone who can reach "
+            "the proxy can use every model; set api_keys (or $DYNLLM_API_KEYS)",
+            cfg.server.trusted_proxy,
+        )
+    elif not loopback:
         log.warning(
             "no api_keys configured and listening on %s: anyone who can reach port %s can use "
             "every model%s; set api_keys (or $DYNLLM_API_KEYS) or listen on 127.0.0.1 behind "

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -195,7 +196,16 @@ def serve(cfg: Config) -> int:
     if problem:  # say so now, not after a long preload
         log.error("cannot listen on %s:%s: %s", cfg.server.host, cfg.server.port, problem)
         return 1
-    store = Store(cfg.db_path)
+    try:
+        store = Store(cfg.db_path)
+    except (OSError, sqlite3.Error) as exc:
+        log.error(
+            "cannot open the state database %s: %s (db_path must be in a writable folder; "
+            "under systemd a relative db_path goes to $STATE_DIRECTORY)",
+            cfg.db_path,
+            exc,
+        )
+        return 1
     registry = ModelRegistry(cfg, store)
     sweeper = Sweeper(registry, cfg.server.sweep_interval_seconds)
     server = None

@@ -11,6 +11,7 @@ request time.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import os
 import re
@@ -377,6 +378,20 @@ def _semantic_errors(cfg: Config) -> list[str]:
     for i, name in enumerate(cfg.preload_models):
         if name not in seen:
             errors.append(f"preload_models[{i}]: '{name}' is not a configured model name")
+    proxy, headers = cfg.server.trusted_proxy, cfg.server.trusted_proxy_headers
+    if proxy is not None and proxy not in ("*", "localhost"):
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            errors.append(
+                f"server: trusted_proxy: '{proxy}' is not an IP address, '*' or localhost"
+            )
+    if proxy is not None and not headers:
+        errors.append("server: trusted_proxy_headers: name at least one header the proxy sets")
+    if "forwarded" in headers and len(headers) > 1:
+        errors.append(
+            "server: trusted_proxy_headers: 'forwarded' cannot be combined with x-forwarded-*"
+        )
     b = cfg.backend
     if b.port_range_end < b.port_range_start:
         errors.append(
@@ -412,9 +427,15 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     model_base = Path(cfg.models_dir) if cfg.models_dir else base
     for m in cfg.models:
         m.path = _resolve(model_base, m.path)
-    cfg.db_path = _resolve(base, cfg.db_path)
+    # Under systemd (StateDirectory=) state goes where the service may write.
+    state_base = (
+        Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+        if os.environ.get("STATE_DIRECTORY")
+        else base
+    )
+    cfg.db_path = _resolve(state_base, cfg.db_path)
     if cfg.backend.log_dir:
-        cfg.backend.log_dir = _resolve(base, cfg.backend.log_dir)
+        cfg.backend.log_dir = _resolve(state_base, cfg.backend.log_dir)
     for key in ("llamacpp_binary", "ovms_binary", "transformers_binary"):
         value = getattr(cfg.backend, key)
         if "/" in value:  # a path, not a name looked up on PATH

@@ -89,6 +89,12 @@ class MethodNotAllowed(DynLLMError):
     code = "method_not_allowed"
 
 
+class UnsupportedMediaType(DynLLMError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class ModelBusy(DynLLMError):
     """Admin unload of a model that is serving or starting."""
 

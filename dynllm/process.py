@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 RUN_MARK = "=== dynllm: "
 #: Seconds to wait for a process to vanish after SIGKILL before giving up on it.
 KILL_WAIT = 30.0
+#: Environment variables of DynLLM's that backends must not inherit.
+PRIVATE_ENV = frozenset({"DYNLLM_API_KEYS", "DYNLLM_ADMIN_API_KEY"})
+
 #: A log file larger than this is rotated to ``.1`` when the backend starts again.
 ROTATE_BYTES = 20 * 1024 * 1024
 
@@ -115,9 +118,9 @@ class BackendProcess:
                 os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
         except FileNotFoundError:
             pass
-        env = None
-        if self._env:
-            env = {k: v for k, v in {**os.environ, **self._env}.items() if v is not None}
+        # DynLLM's own keys never reach a backend (nor code it runs).
+        env = {k: v for k, v in {**os.environ, **(self._env or {})}.items()
+               if v is not None and k not in PRIVATE_ENV}  # fmt: skip
         with open(self.log_path, "ab", buffering=0) as logf:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             logf.write(
@@ -187,6 +190,14 @@ class BackendProcess:
                 code = self.poll()
                 if code is not None:
                     raise ProcessExited(code)
+                # The answer must have come from our backend, not from another
+                # program that took the port first (our backend then fails to bind).
+                owners = listening_pids(port)
+                if owners and not owners & group_pids(self.pid):
+                    raise NotServable(
+                        f"port {port} is held by another process (pid {sorted(owners)}), "
+                        "not by this backend"
+                    )
                 return time.monotonic() - start
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
@@ -226,6 +237,78 @@ class BackendProcess:
                     )
                     return -signal.SIGKILL
         return code
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on TCP ``port`` (IPv4 and IPv6), from ``/proc/net``."""
+    found: set[str] = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; inode is field 9.
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                found.add(fields[9])
+    return found if readable else None
+
+
+def listening_pids(port: int) -> set[int] | None:
+    """PIDs of processes with a socket listening on ``port``; ``None`` if /proc cannot tell.
+
+    Only processes whose descriptors we may read are seen, which includes every
+    process we started.
+    """
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    targets = {f"socket:[{i}]" for i in inodes}
+    pids: set[int] = set()
+    with os.scandir("/proc") as procs:
+        for entry in procs:
+            if entry.name.isdigit() and _holds_any(f"/proc/{entry.name}/fd", targets):
+                pids.add(int(entry.name))
+    return pids
+
+
+def _holds_any(fd_dir: str, targets: set[str]) -> bool:
+    try:
+        with os.scandir(fd_dir) as fds:
+            for fd in fds:
+                try:
+                    if os.readlink(fd.path) in targets:
+                        return True
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return False
+
+
+def group_pids(pgid: int) -> set[int]:
+    """PIDs in process group ``pgid`` (a backend and whatever it started)."""
+    out = {pgid}
+    with os.scandir("/proc") as procs:
+        for entry in procs:
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            # The fields after the parenthesised command: state, ppid, pgrp, ...
+            rest = stat[stat.rfind(")") + 2 :].split()
+            if len(rest) > 2 and rest[2] == str(pgid):
+                out.add(int(entry.name))
+    return out
 
 
 def write_files(files: dict[str, str]) -> None:

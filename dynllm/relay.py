@@ -219,10 +219,14 @@ class RelayBody:
             return
         self._complete = True
 
-    def close(self) -> None:
+    def close(self, counted: bool = True) -> None:
+        """Release everything; ``counted=False`` skips the close callback (the request
+        is being answered with an error instead)."""
         if self._closed:
             return
         self._closed = True
+        if not counted:
+            self._on_close = None
         try:
             if self._complete:
                 # Read to the end: the connection goes back to the pool.

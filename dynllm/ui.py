@@ -51,6 +51,9 @@ def _rows(snap: dict[str, Any]) -> list[dict[str, Any]]:
             "counted": m["state"] in _COUNTED,
             "share_pct": min(100.0, 100.0 * m["vram_mb"] / total),
             "unload_in": _unload_in(m),
+            # The page is public: the reason only; the backend's log lines that
+            # follow it are for /admin (behind the admin key).
+            "last_error": (m["last_error"] or "").split("\n", 1)[0] or None,
         }
         for m in snap["models"]
     ]

@@ -5,8 +5,10 @@
 #   sudo bash systemd/install.sh [--root DIR] [--prefix PATH] [--no-enable]
 #
 #   --root DIR     install into the filesystem tree under DIR instead of / (for
-#                  images and tests): files, user and unit all go there, and
-#                  nothing on the running system is touched
+#                  tests): files, user and unit all go there, and nothing on the
+#                  running system is touched. The virtual environment is tied to
+#                  the path it was made at, so a tree for another machine must be
+#                  installed at its final path instead
 #   --prefix PATH  where DynLLM lives as seen at run time (default /opt/dynllm)
 #   --no-enable    install the unit without enabling it
 set -euo pipefail
@@ -35,6 +37,7 @@ if [ "$(id -u)" -ne 0 ]; then
     die "must be run as root (try: sudo bash $0)"
 fi
 case "$PREFIX" in /*) ;; *) die "--prefix must be an absolute path, not '$PREFIX'" ;; esac
+case "$PREFIX" in *[!A-Za-z0-9/._-]*) die "--prefix may only hold letters, digits and / . _ -" ;; esac
 if [ -n "$ROOT" ]; then
     [ -d "$ROOT" ] || die "--root $ROOT is not a directory"
     ROOT="$(cd "$ROOT" && pwd)"
@@ -71,13 +74,20 @@ done
 
 # --- the code ----------------------------------------------------------------
 mkdir -p "$DEST"
-# Everything but local state, caches and the config (which is never overwritten).
+if [ "$(cd "$DEST" && pwd -P)" = "$(cd "$SRC" && pwd -P)" ]; then
+    echo "install.sh: running from $PREFIX itself; nothing to copy"
+else
+# Everything but local state, caches, build output and the config (never overwritten).
 tar -C "$SRC" \
     --exclude=./.git --exclude=./.venv --exclude=./config.yaml --exclude='*.db' \
     --exclude='*.db-*' --exclude=./logs --exclude=./run --exclude=./bench/results \
     --exclude='__pycache__' --exclude=./.pytest_cache --exclude=./.ruff_cache \
-    -cf - . | tar -C "$DEST" --no-same-owner -xf -
+    --exclude='*.egg-info' --exclude=./build --exclude=./dist \
+    -cf - . | tar -C "$DEST" --no-same-owner --no-same-permissions -xf -
+# Readable by the service whatever the umask of the checkout was.
+chmod -R u+rwX,go+rX,go-w "$DEST"
 echo "install.sh: copied the project to $DEST"
+fi
 
 # --- its Python environment ---------------------------------------------------
 if command -v uv >/dev/null 2>&1; then
@@ -91,6 +101,9 @@ else
 fi
 (cd "$DEST" && "${UV[@]}" sync --frozen --no-dev --quiet)
 [ -x "$DEST/.venv/bin/dynllm" ] || die "uv sync did not produce $DEST/.venv/bin/dynllm"
+if [ -z "$ROOT" ] && ! runuser -u "$SERVICE_USER" -- "$DEST/.venv/bin/python" -c "" 2>/dev/null; then
+    die "the $SERVICE_USER user cannot run $DEST/.venv/bin/python (it points at $(readlink -f "$DEST/.venv/bin/python")); install a system Python 3.11+ readable by every user and run this again"
+fi
 echo "install.sh: environment ready ($("$DEST/.venv/bin/dynllm" --version))"
 
 # --- the configuration ------------------------------------------------------
@@ -113,7 +126,9 @@ backend:
 models: []
 EOF
     chmod 0640 "$DEST/config.yaml"
-    chgrp "$(grep "^$SERVICE_USER:" "$ROOT/etc/group" | cut -d: -f3)" "$DEST/config.yaml"
+    gid="$(grep "^$SERVICE_USER:" "$ROOT/etc/group" | cut -d: -f3)"
+    [ -n "$gid" ] || die "no group $SERVICE_USER in $ROOT/etc/group"
+    chgrp "$gid" "$DEST/config.yaml"
     echo "install.sh: wrote a default $PREFIX/config.yaml (no models yet)"
 fi
 
@@ -126,11 +141,15 @@ mv "$UNIT_DIR/dynllm.service.tmp" "$UNIT_DIR/dynllm.service"
 echo "install.sh: installed $UNIT_DIR/dynllm.service"
 
 if [ -n "$ROOT" ]; then
-    [ "$ENABLE" = 1 ] && systemctl --root="$ROOT" enable dynllm.service
+    if [ "$ENABLE" = 1 ]; then systemctl --root="$ROOT" enable dynllm.service; fi
 else
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload
     fi
-    [ "$ENABLE" = 1 ] && systemctl enable dynllm.service
+    if [ "$ENABLE" = 1 ]; then systemctl enable dynllm.service; fi
+    if [ -d /run/systemd/system ] && systemctl is-active --quiet dynllm.service; then
+        systemctl restart dynllm.service  # an update takes effect now
+        echo "install.sh: restarted the running dynllm.service"
+    fi
 fi
 echo "install.sh: done. Start it with: systemctl start dynllm; logs: journalctl -u dynllm -f"

@@ -50,6 +50,27 @@ def test_admin_key_is_separate(dynllm, spec) -> None:
     assert ADMIN not in d.log()
 
 
+def test_keys_never_reach_a_backend_and_admin_wants_json(dynllm, spec, monkeypatch) -> None:
+    from pathlib import Path
+
+    monkeypatch.setenv("DYNLLM_API_KEYS", CLIENT)
+    monkeypatch.setenv("DYNLLM_ADMIN_API_KEY", ADMIN)
+    d = dynllm([spec("a")])
+    r = d.post("/admin/models/load", json={"model": "a"}, headers=bearer(ADMIN))
+    assert r.status_code == 200, r.text
+    pid = d.get("/admin/models", headers=bearer(ADMIN)).json()["models"][0]["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"DYNLLM_API_KEYS" not in environ and CLIENT.encode() not in environ
+    assert b"DYNLLM_ADMIN_API_KEY" not in environ and ADMIN.encode() not in environ
+    # A cross-site form post (text/plain) cannot drive /admin.
+    r = d.post(
+        "/admin/models/unload",
+        data='{"model": "a"}',
+        headers={**bearer(ADMIN), "Content-Type": "text/plain"},
+    )
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+
+
 def test_no_keys_means_open(dynllm, spec) -> None:
     d = dynllm([spec("a")])
     assert d.chat("a", max_tokens=1).status_code == 200
@@ -70,7 +91,7 @@ def test_logs_endpoint(dynllm, spec) -> None:
     assert all("--port" in m for m in marks)
     assert len(d.get("/admin/models/a/logs", params={"lines": 3}).json()["lines"]) == 3
     assert d.get("/admin/models/never/logs").json()["lines"] == []
-    for bad in ("0", "-1", "abc", "100001"):
+    for bad in ("0", "-1", "abc", "100001", "\u00b2", "9" * 5000):
         r = d.get("/admin/models/a/logs", params={"lines": bad})
         assert r.status_code == 400 and r.json()["error"]["param"] == "lines"
     r = d.get("/admin/models/nope/logs")

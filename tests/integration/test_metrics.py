@@ -82,3 +82,13 @@ def test_in_flight_and_capacity_refusals(dynllm, spec) -> None:
     bg["thread"].join(30)
     assert bg["response"].status_code == 200
     wait_for(lambda: value(scrape(d), "dynllm_model_in_flight_requests", model="a") == 0, 30)
+
+
+def test_a_backend_failing_before_its_first_byte_is_counted_once(dynllm, spec) -> None:
+    d = dynllm([spec("crashy", crash_after_tokens=1)])
+    r = d.chat("crashy", max_tokens=4)
+    assert r.status_code == 502, r.text
+    m = scrape(d)
+    assert value(m, "dynllm_requests_total", model="crashy", endpoint="chat", status="502") == 1
+    assert value(m, "dynllm_requests_total", model="crashy", endpoint="chat", status="200") == 0
+    assert value(m, "dynllm_request_duration_seconds_count", model="crashy", endpoint="chat") == 1

@@ -196,3 +196,63 @@ def test_port_in_use_is_a_clear_error_before_any_preload(tmp_path, spec, models)
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
     assert "Traceback" not in out.stderr
     assert models.starts("a") == []  # nothing was preloaded for nothing
+
+
+def test_a_foreign_process_answering_on_the_backends_port_is_not_taken_for_it(tmp_path) -> None:
+    """Another program holds the port (our backend would fail to bind): the probe's 200
+    comes from it, and must not make DynLLM route requests there."""
+    import http.server
+    import socket
+    import threading
+
+    import pytest
+
+    from dynllm.backends import Probe
+    from dynllm.process import BackendProcess, NotServable, listening_pids
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    foreign = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    port = foreign.server_address[1]
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    proc = BackendProcess(["sleep", "30"], tmp_path / "b.log")
+    proc.start()
+    try:
+        import os
+
+        assert listening_pids(port) == {os.getpid()}
+        with pytest.raises(NotServable, match=f"port {port} is held by another process"):
+            proc.wait_ready(port, [Probe("GET", "/health")], timeout=5)
+    finally:
+        proc.stop(1)
+        foreign.shutdown()
+        foreign.server_close()
+    # Our own listener is recognised as ours.
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import http.server, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200)\n"
+        "        self.send_header('Content-Length', '0')\n"
+        "        self.end_headers()\n"
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import sys
+
+    own = BackendProcess([sys.executable, str(script), str(port)], tmp_path / "c.log")
+    own.start()
+    try:
+        assert own.wait_ready(port, [Probe("GET", "/health")], timeout=10) >= 0
+    finally:
+        own.stop(1)

@@ -293,3 +293,25 @@ def test_open_server_warning(
         warn_if_open(build_config({"server": {"host": "0.0.0.0"}}, Path("/")))
     (rec,) = caplog.records
     assert "no api_keys configured and listening on 0.0.0.0" in rec.getMessage()
+
+
+def test_trusted_proxy_settings_are_checked() -> None:
+    assert build_config({"server": {"trusted_proxy": "127.0.0.1"}}, Path("/"))
+    assert build_config({"server": {"trusted_proxy": "*"}}, Path("/"))
+    for server, msg in (
+        ({"trusted_proxy": "nginx.local"}, "is not an IP address"),
+        ({"trusted_proxy": "::1", "trusted_proxy_headers": []}, "name at least one header"),
+        ({"trusted_proxy_headers": ["forwarded", "x-forwarded-for"]}, "cannot be combined"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            build_config({"server": server}, Path("/"))
+
+
+def test_relative_state_paths_go_to_the_systemd_state_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    cfg = build_config({"db_path": "dynllm_state.db", "models_dir": "m"}, Path("/opt/dynllm"))
+    assert cfg.db_path == str(tmp_path / "state" / "dynllm_state.db")
+    assert cfg.models_dir == "/opt/dynllm/m"  # models stay relative to the config
+    assert build_config({"db_path": "/x/s.db"}, Path("/opt")).db_path == "/x/s.db"
