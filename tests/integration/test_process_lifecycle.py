@@ -64,7 +64,9 @@ def test_admin_unload(dynllm, spec) -> None:
     }
     assert not pid_alive(pid)
     assert d.post("/admin/models/unload", json={"model": "zz"}).status_code == 404
-    assert d.post("/admin/models/unload", data=b"{").status_code == 400
+    bad = {"Content-Type": "application/json"}
+    assert d.post("/admin/models/unload", data=b"{", headers=bad).status_code == 400
+    assert d.post("/admin/models/unload", data=b"{").status_code == 415
     assert d.post("/admin/models/load", json={"model": "a"}).json()["state"] == "loaded"
 
 
