@@ -17,7 +17,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import Probe
@@ -293,9 +294,16 @@ def _holds_any(fd_dir: str, targets: set[str]) -> bool:
     return False
 
 
-def group_pids(pgid: int) -> set[int]:
-    """PIDs in process group ``pgid`` (a backend and whatever it started)."""
-    out = {pgid}
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    pid: int
+    state: str  # "R", "S", "Z", ...
+    ppid: int
+    pgrp: int
+
+
+def process_table() -> Iterator[ProcInfo]:
+    """Every process ``/proc`` shows: pid, state, parent and process group."""
     with os.scandir("/proc") as procs:
         for entry in procs:
             if not entry.name.isdigit():
@@ -304,11 +312,15 @@ def group_pids(pgid: int) -> set[int]:
                 stat = Path(f"/proc/{entry.name}/stat").read_text()
             except OSError:
                 continue
-            # The fields after the parenthesised command: state, ppid, pgrp, ...
+            # After "pid (comm)" (comm may hold spaces and ')'): state, ppid, pgrp, ...
             rest = stat[stat.rfind(")") + 2 :].split()
-            if len(rest) > 2 and rest[2] == str(pgid):
-                out.add(int(entry.name))
-    return out
+            if len(rest) > 2:
+                yield ProcInfo(int(entry.name), rest[0], int(rest[1]), int(rest[2]))
+
+
+def group_pids(pgid: int) -> set[int]:
+    """PIDs in process group ``pgid`` (a backend and whatever it started)."""
+    return {pgid} | {p.pid for p in process_table() if p.pgrp == pgid}
 
 
 def write_files(files: dict[str, str]) -> None:

@@ -23,6 +23,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
+from dynllm.process import process_table
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DEBIAN_PACKAGES = "chromium chromium-driver"
@@ -44,16 +46,9 @@ FLAGS = [
 def _children() -> dict[int, list[int]]:
     """Parent PID -> child PIDs, for every live process."""
     tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # the name may hold spaces and ')'
-        if fields[0] != "Z":
-            tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    for p in process_table():
+        if p.state != "Z":
+            tree.setdefault(p.ppid, []).append(p.pid)
     return tree
 
 

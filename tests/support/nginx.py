@@ -23,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from dynllm.process import process_table
 from tests.support.harness import REPO
 
 SITE = REPO / "deploy" / "nginx" / "dynllm.conf"
@@ -83,18 +84,7 @@ def free_port() -> int:
 
 def _group_pids(pgid: int) -> list[int]:
     """Live (non-zombie) processes in process group ``pgid``."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)"
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(entry.name))
-    return out
+    return [p.pid for p in process_table() if p.state != "Z" and p.pgrp == pgid]
 
 
 class Nginx:
