@@ -54,7 +54,7 @@ def create_app(
     app.register_blueprint(kserve.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(ui.bp)
-    app.before_request(lambda: auth.check(config))
+    app.before_request(auth.Keys(config).check)
 
     @app.errorhandler(DynLLMError)
     def dynllm_error(exc: DynLLMError) -> tuple[Response, int, dict[str, str]]:

@@ -37,41 +37,41 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
-def _matches(token: str, keys: list[str]) -> bool:
-    # Digests of equal length are compared, every key each time: the time taken
-    # says neither which key matched nor how long the keys are.
-    sent = _digest(token)
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(sent, _digest(key))
-    return found
+class Keys:
+    """The keys of one app, read (and hashed) once when it is built."""
 
-
-def keys_for(path: str, cfg: Config) -> tuple[list[str], str] | None:
-    """The keys that may open ``path`` and what they are called, or ``None`` if open."""
-    if path.startswith(ADMIN_PREFIX) or path == ADMIN_PREFIX.rstrip("/"):
+    def __init__(self, cfg: Config) -> None:
+        self.client = [_digest(k) for k in cfg.client_keys()]
         admin = cfg.admin_key()
-        if admin is not None:
-            return [admin], "the admin API key"
-        keys = cfg.client_keys()
-        return (keys, "an API key") if keys else None
-    if path.startswith(GUARDED_BY_CLIENT_KEYS):
-        keys = cfg.client_keys()
-        return (keys, "an API key") if keys else None
-    return None
+        self.admin = [_digest(admin)] if admin is not None else None
 
+    def for_path(self, path: str) -> tuple[list[bytes], str] | None:
+        """Digests of the keys that may open ``path`` and what they are called, or ``None``."""
+        if path.startswith(ADMIN_PREFIX) or path == ADMIN_PREFIX.rstrip("/"):
+            if self.admin is not None:
+                return self.admin, "the admin API key"
+            return (self.client, "an API key") if self.client else None
+        if path.startswith(GUARDED_BY_CLIENT_KEYS):
+            return (self.client, "an API key") if self.client else None
+        return None
 
-def check(cfg: Config) -> None:
-    """Raise a 401 unless the current request may go on (a Flask ``before_request``)."""
-    need = keys_for(request.path, cfg)
-    if need is None:
-        return
-    keys, what = need
-    token = _bearer()
-    if token is None:
-        raise Unauthorized(f"this route needs {what}: send 'Authorization: Bearer <key>'")
-    if not _matches(token, keys):
-        raise Unauthorized(f"the key sent is not {what}")
+    def check(self) -> None:
+        """Raise a 401 unless the current request may go on (a Flask ``before_request``)."""
+        need = self.for_path(request.path)
+        if need is None:
+            return
+        digests, what = need
+        token = _bearer()
+        if token is None:
+            raise Unauthorized(f"this route needs {what}: send 'Authorization: Bearer <key>'")
+        # Digests of equal length are compared, every key each time: the time taken
+        # says neither which key matched nor how long the keys are.
+        sent = _digest(token)
+        found = False
+        for digest in digests:
+            found |= hmac.compare_digest(sent, digest)
+        if not found:
+            raise Unauthorized(f"the key sent is not {what}")
 
 
 def warn_if_open(cfg: Config) -> None:

@@ -52,36 +52,17 @@ def models(tmp_path: Path) -> ModelDir:
     return ModelDir(tmp_path / "models")
 
 
-@pytest.fixture
-def spec(models: ModelDir) -> Callable[..., dict[str, Any]]:
-    """``spec("a", vram_mb=300, load_delay=0.2)``: a model entry plus its fake model file."""
-
-    def make(name: str, vram_mb: int = 100, model_type: str = "llm", **kw: Any) -> dict[str, Any]:
-        knob_keys = {
-            "load_delay",
-            "never_ready",
-            "fail_start",
-            "exit_during_load",
-            "tokens",
-            "token_delay",
-            "crash_after_tokens",
-            "ignore_sigterm",
-            "embedding_dim",
-        }
-        knobs = {k: kw.pop(k) for k in list(kw) if k in knob_keys}
-        path = models.model(name, **knobs)
-        return {
-            "name": name,
-            "path": str(path),
-            "backend": "llamacpp",
-            "model_type": model_type,
-            "vram_mb": vram_mb,
-            **kw,
-        }
-
-    return make
-
-
+LLAMA_KNOBS = {
+    "load_delay",
+    "never_ready",
+    "fail_start",
+    "exit_during_load",
+    "tokens",
+    "token_delay",
+    "crash_after_tokens",
+    "ignore_sigterm",
+    "embedding_dim",
+}
 OVMS_KNOBS = {
     "servable",
     "load_delay",
@@ -96,6 +77,39 @@ OVMS_KNOBS = {
 }
 
 
+def _entry(
+    make_file: Callable[..., Path],
+    backend: str,
+    knob_keys: set[str],
+    defaults: dict[str, Any],
+    name: str,
+    vram_mb: int,
+    model_type: str,
+    kw: dict[str, Any],
+) -> dict[str, Any]:
+    """A model config entry whose file (or folder) holds the fake backend's knobs."""
+    knobs = {**defaults, **{k: kw.pop(k) for k in list(kw) if k in knob_keys}}
+    path = make_file(name, **knobs)
+    return {
+        "name": name,
+        "path": str(path),
+        "backend": backend,
+        "model_type": model_type,
+        "vram_mb": vram_mb,
+        **kw,
+    }
+
+
+@pytest.fixture
+def spec(models: ModelDir) -> Callable[..., dict[str, Any]]:
+    """``spec("a", vram_mb=300, load_delay=0.2)``: a model entry plus its fake model file."""
+
+    def make(name: str, vram_mb: int = 100, model_type: str = "llm", **kw: Any) -> dict[str, Any]:
+        return _entry(models.model, "llamacpp", LLAMA_KNOBS, {}, name, vram_mb, model_type, kw)
+
+    return make
+
+
 @pytest.fixture
 def ovms_models(tmp_path: Path) -> OvmsModelDir:
     return OvmsModelDir(tmp_path / "ovms")
@@ -107,16 +121,9 @@ def ov_spec(ovms_models: OvmsModelDir) -> Callable[..., dict[str, Any]]:
 
     def make(name: str, vram_mb: int = 100, model_type: str = "llm", **kw: Any) -> dict[str, Any]:
         # DynLLM's task-mode command line is the one OVMS accepts from 2026.2 on.
-        knobs = {"ovms_version": "2026.2"}
-        knobs.update({k: kw.pop(k) for k in list(kw) if k in OVMS_KNOBS})
-        path = ovms_models.model(name, **knobs)
-        return {
-            "name": name,
-            "path": str(path),
-            "backend": "openvino",
-            "model_type": model_type,
-            "vram_mb": vram_mb,
-            **kw,
-        }
+        defaults = {"ovms_version": "2026.2"}
+        return _entry(
+            ovms_models.model, "openvino", OVMS_KNOBS, defaults, name, vram_mb, model_type, kw
+        )
 
     return make
