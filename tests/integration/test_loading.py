@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 
-from tests.support.harness import FAKE_LLAMA_SERVER, wait_for
+from tests.support.harness import FAKE_LLAMA_SERVER, PORT_BASE, wait_for
 
 
 def test_ten_concurrent_cold_requests_start_one_process(dynllm, spec, models) -> None:
@@ -105,12 +105,13 @@ def test_missing_binary_fails_cleanly(dynllm, spec) -> None:
 
 def test_port_in_use_is_skipped(dynllm, spec) -> None:
     blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 19150))
+    blocker.bind(("127.0.0.1", PORT_BASE + 50))
     blocker.listen()
     try:
-        d = dynllm([spec("a")], backend={"port_range_start": 19150, "port_range_end": 19151})
+        ports = {"port_range_start": PORT_BASE + 50, "port_range_end": PORT_BASE + 51}
+        d = dynllm([spec("a")], backend=ports)
         assert d.chat("a", max_tokens=1).status_code == 200
-        assert d.admin()["a"]["port"] == 19151
+        assert d.admin()["a"]["port"] == PORT_BASE + 51
     finally:
         blocker.close()
 

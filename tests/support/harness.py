@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 FAKE_LLAMA_SERVER = REPO / "tests" / "support" / "fake_llama_server.py"
 FAKE_OVMS = REPO / "tests" / "support" / "fake_ovms.py"
 _LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+# Backend ports the tests give DynLLM; DYNLLM_TEST_PORT_BASE moves the range so that
+# two test sessions on one machine do not take each other's ports.
+PORT_BASE = int(os.environ.get("DYNLLM_TEST_PORT_BASE", "19100"))
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
@@ -129,8 +132,8 @@ def write_config(path: Path, models: list[dict[str, Any]], **top: Any) -> Path:
         "backend": {
             "llamacpp_binary": str(FAKE_LLAMA_SERVER),
             "ovms_binary": str(FAKE_OVMS),
-            "port_range_start": 19100,
-            "port_range_end": 19199,
+            "port_range_start": PORT_BASE,
+            "port_range_end": PORT_BASE + 99,
             "stop_timeout_seconds": 2,
         },
         "models": models,
