@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Protocol
 
@@ -17,12 +18,13 @@ from .bodies import (
 )
 from .config import ModelConfig
 from .endpoints import PATHS, SERVES, Endpoint, endpoints_for
-from .errors import DynLLMError, ModelNotFound, NoCapacity, WrongModelType
+from .errors import BackendUnavailable, DynLLMError, ModelNotFound, NoCapacity, WrongModelType
 from .records import Lease
 from .relay import RelayBody, downstream_headers, sniff_audio, upstream_headers
 from .services import services
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger(__name__)
 
 
 class UpstreamBody(Protocol):
@@ -68,6 +70,7 @@ class JsonRequest:
     """A JSON request body and the model it names."""
 
     content_type = None
+    replayable = True
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
@@ -82,6 +85,7 @@ class RawRequest:
     """A body forwarded as it is (the model comes from the URL)."""
 
     content_type = None
+    replayable = True
 
     def __init__(self, raw: bytes, model: str) -> None:
         self.raw = raw
@@ -115,7 +119,18 @@ def proxy(endpoint: Endpoint, req: UpstreamBody, path: str | None = None) -> Res
     try:
         check_endpoint(cfg, endpoint)
         lease = svc.registry.acquire(req.model)
-        return relay(lease, cfg, endpoint, req, path, started)
+        try:
+            return relay(lease, cfg, endpoint, req, path, started)
+        except BackendUnavailable:
+            # The backend died under this request (killed, crashed) before it
+            # answered: nothing reached the client yet, so start it again and
+            # send the request once more, if the body can be sent twice.
+            replayable = getattr(req, "replayable", False)  # a spooled upload is not
+            if not replayable or not svc.registry.backend_died(lease):
+                raise
+            log.warning("model=%s backend died before answering; retrying once", cfg.name)
+            lease = svc.registry.acquire(req.model)
+            return relay(lease, cfg, endpoint, req, path, started)
     except DynLLMError as exc:
         svc.metrics.request_done(
             cfg.name, endpoint.value, exc.status, time.perf_counter() - started

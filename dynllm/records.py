@@ -105,12 +105,14 @@ class Lease:
     Released exactly once, however many times :meth:`release` is called.
     """
 
-    __slots__ = ("_registry", "name", "port", "touch", "_released")
+    __slots__ = ("_registry", "name", "port", "pid", "touch", "_released")
 
     def __init__(self, registry: ModelRegistry, name: str, touch: bool = True) -> None:
         self._registry = registry
         self.name = name
         self.port: int = 0
+        #: The backend process the lease was given on (0 until it is loaded).
+        self.pid: int = 0
         #: Whether releasing it counts as use (restarts the model's idle time).
         self.touch = touch
         self._released = False

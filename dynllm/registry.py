@@ -278,8 +278,25 @@ class ModelRegistry:
     def _new_lease(self, m: ModelRecord, touch: bool = True) -> Lease:
         lease = Lease(self, m.name, touch)
         lease.port = m.port or 0
+        lease.pid = m.proc.pid if m.proc is not None else 0
         m.leases += 1
         return lease
+
+    def backend_died(self, lease: Lease, wait: float = 2.0) -> bool:
+        """Whether the process ``lease`` was given on has ended (or been replaced).
+
+        Asked after the backend refused or dropped a connection: its exit watcher
+        may need a moment to notice, so this waits up to ``wait`` seconds for it.
+        """
+        m = self._record(lease.name)
+        deadline = time.monotonic() + wait
+        with self._lock:
+            while m.proc is not None and m.proc.pid == lease.pid:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
 
     def _await_load(self, m: ModelRecord, attempt: Attempt, lease: Lease, deadline: float) -> Lease:
         try:
@@ -290,6 +307,7 @@ class ModelRegistry:
         with self._locked():
             if ok and attempt.error is None and m.state is State.LOADED:
                 lease.port = m.port or 0
+                lease.pid = m.proc.pid if m.proc is not None else 0
                 return lease
         lease.release()
         if not ok:

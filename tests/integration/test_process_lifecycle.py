@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import time
 
 from tests.support.harness import (
     DynLLM,
     chat_in_background,
     live_pids_matching,
     pid_alive,
+    sse_events,
     wait_for,
 )
 
@@ -82,6 +85,39 @@ def test_kill_9_of_a_loaded_backend_is_noticed_and_healed(dynllm, spec, models) 
     assert d.chat("a", max_tokens=1).status_code == 200
     assert d.admin()["a"]["pid"] != pid
     assert len(models.starts("a")) == 2
+
+
+def test_a_request_whose_backend_is_killed_before_answering_is_sent_again(
+    dynllm, spec, models
+) -> None:
+    d = dynllm([spec("a", token_delay=0.4)])
+    assert d.chat("a", max_tokens=1).status_code == 200
+    pid = d.admin()["a"]["pid"]
+    pending = chat_in_background(d, "a", max_tokens=5)  # 2 s before the backend answers
+    wait_for(lambda: d.admin()["a"]["in_flight"] == 1)
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: "response" in pending or "error" in pending, timeout=30)
+    r = pending["response"]
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 5
+    assert d.admin()["a"]["pid"] not in (None, pid)
+    assert len(models.starts("a")) == 2
+    assert "backend died before answering; retrying once" in d.log()
+
+
+def test_a_backend_that_dies_on_every_try_is_retried_only_once(dynllm, spec, models) -> None:
+    d = dynllm([spec("a", crash_after_tokens=3)])
+    assert d.chat("a", max_tokens=1).status_code == 200
+    r = d.chat("a", max_tokens=5)
+    assert r.status_code == 502, r.text
+    assert r.json()["error"]["code"] == "backend_unavailable"
+    assert len(models.starts("a")) == 2
+    # A stream that has begun is never sent again: the client sees an error event.
+    r = d.chat("a", stream=True, max_tokens=5)
+    events = sse_events(r)
+    assert events and json.loads(events[-1])["error"]["code"] == "backend_stream_error"
+    assert len(models.starts("a")) == 3
 
 
 def test_sigterm_stops_every_backend_and_exits_zero(dynllm, spec, models) -> None:
