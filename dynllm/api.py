@@ -180,7 +180,8 @@ def relay(
             )
 
     # From here on, close() releases the lease (and counts the request).
-    body_iter = RelayBody(resp, lease, cfg.name, rename, on_close)
+    add_done = not backend.ends_streams_with_done
+    body_iter = RelayBody(resp, lease, cfg.name, rename, on_close, add_done)
     try:
         body_iter.start()
         if started is not None:
@@ -188,7 +189,7 @@ def relay(
         out = _RelayResponse(
             body_iter,
             status=resp.status_code,
-            headers=downstream_headers(resp, body_changed=rename is not None),
+            headers=downstream_headers(resp, body_changed=rename is not None or body_iter.adds),
             direct_passthrough=True,
         )
     except BaseException:

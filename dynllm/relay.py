@@ -168,6 +168,7 @@ class RelayBody:
         model: str,
         rename: tuple[bytes, bytes] | None = None,
         on_close: Callable[[], None] | None = None,
+        add_done: bool = False,
     ) -> None:
         self._on_close = on_close
         self._resp = resp
@@ -177,6 +178,8 @@ class RelayBody:
         self._first = b""
         ctype = resp.headers.get("content-type", "")
         self._sse = ctype.startswith("text/event-stream")
+        #: Close a clean event stream with the ``[DONE]`` event the backend leaves out.
+        self._add_done = add_done and self._sse
         self._complete = False
         self._closed = False
 
@@ -199,6 +202,11 @@ class RelayBody:
             ) from None
 
     @property
+    def adds(self) -> bool:
+        """Whether the client gets more bytes than the backend sent (``[DONE]``)."""
+        return self._add_done
+
+    @property
     def first(self) -> bytes:
         """The first piece of the body (after :meth:`start`)."""
         return self._first
@@ -218,6 +226,8 @@ class RelayBody:
             yield sse_error(f"backend for '{self._model}' failed mid-stream: {exc}", 502)
             return
         self._complete = True
+        if self._add_done:
+            yield DONE_EVENT
 
     def close(self, counted: bool = True) -> None:
         """Release everything; ``counted=False`` skips the close callback (the request
@@ -264,6 +274,9 @@ def sniff_audio(first: bytes) -> str | None:
         if first.startswith(magic):
             return ctype
     return None
+
+
+DONE_EVENT = b"data: [DONE]\n\n"
 
 
 def sse_error(message: str, status: int) -> bytes:

@@ -36,6 +36,9 @@ class Backend:
     """Base class; subclasses override :meth:`argv` and whatever else differs."""
 
     name: ClassVar[str] = ""
+    #: Whether its event streams end with ``data: [DONE]`` as OpenAI's do; DynLLM
+    #: adds the marker to the streams of a backend that leaves it out.
+    ends_streams_with_done: ClassVar[bool] = True
 
     def argv(self, cfg: Config, model: ModelConfig, port: int) -> list[str]:
         raise NotImplementedError

@@ -21,6 +21,7 @@ def model_ref(model: ModelConfig) -> str:
 
 class TransformersBackend(Backend):
     name = "transformers"
+    ends_streams_with_done = False  # its streams just stop after the usage chunk
 
     def argv(self, cfg: Config, model: ModelConfig, port: int) -> list[str]:
         argv = [

@@ -152,3 +152,24 @@ def test_only_the_clients_headers_go_upstream_and_no_cookies_are_kept() -> None:
     assert "Cookie" not in sent
     assert "python-requests" not in sent.get("User-Agent", "")
     assert "gzip" not in sent.get("Accept-Encoding", "")
+
+
+def test_done_is_added_only_to_a_clean_event_stream_that_lacks_it() -> None:
+    from urllib3.exceptions import ProtocolError
+
+    class EndsOrFails(RawStub):
+        def stream(self, *_a, **_k):  # noqa: ANN002, ANN003, ANN201
+            yield b'data: {"choices": []}\n\n'
+            if self._error is not None:
+                raise self._error
+
+    sse = {"Content-Type": "text/event-stream"}
+    clean = RelayBody(RespStub(EndsOrFails(sse)), FakeLease(), "m", add_done=True)  # type: ignore[arg-type]
+    assert clean.adds and list(clean)[-1] == b"data: [DONE]\n\n"
+    cut = RespStub(EndsOrFails(sse, ProtocolError("reset")))
+    last = list(RelayBody(cut, FakeLease(), "m", add_done=True))[-1]  # type: ignore[arg-type]
+    assert b"backend_stream_error" in last and b"[DONE]" not in last
+    plain = RelayBody(
+        RespStub(RawStub({"Content-Type": "application/json"})), FakeLease(), "m", add_done=True
+    )  # type: ignore[arg-type]
+    assert not plain.adds and list(plain) == [b"0123456789"]
