@@ -11,8 +11,14 @@ class NoFreePort(Exception):
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True if nothing listens on ``host:port`` (a bind test, then released)."""
+    """True if nothing listens on ``host:port`` (a bind test, then released).
+
+    ``SO_REUSEADDR`` as the backends' servers set it: connections of a stopped
+    backend lingering in TIME_WAIT do not keep its port from a new one (without
+    it, a busy DynLLM ran out of ports for a minute at a time).
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
