@@ -68,6 +68,9 @@ class ModelRecord:
     #: Exit code of ``proc`` if it ended while the model was still loading.
     exit_code: int | None = None
     port: int | None = None
+    #: The command line of the backend about to be started (on disk before it is, so
+    #: that a DynLLM killed right after the spawn still finds it when it restarts).
+    argv: list[str] = field(default_factory=list)
     leases: int = 0
     attempt: Attempt | None = None
     #: The pending attempt has reserved VRAM but is not ``loading`` yet.

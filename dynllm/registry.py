@@ -148,6 +148,8 @@ class ModelRegistry:
             f"after={now - m.changed:.3f}s"
         )
         change = Transition(m.name, m.cfg.backend, m.state, new, cause, now - m.changed)
+        if new in STOPPED:
+            m.argv = []
         m.state = new
         m.changed = now
         self._queue_row(m, line, change)
@@ -168,7 +170,7 @@ class ModelRegistry:
                     last_used_at=m.last_used_at,
                     last_error=m.last_error,
                     log_path=str(m.log_path),
-                    argv=list(proc.argv) if proc is not None else [],
+                    argv=list(proc.argv) if proc is not None else list(m.argv),
                     seq=m.seq,
                     updated_at=time.time(),
                 ),
@@ -383,6 +385,9 @@ class ModelRegistry:
                 raise LoadFailed(
                     f"could not write the backend files for '{m.name}': {exc}"
                 ) from None
+            with self._locked():  # written to disk when the lock is let go
+                m.argv = argv
+                self._queue_row(m)
             proc = self._launch(argv, m.log_path, m.backend.env(self.config, m.cfg))
             try:
                 proc.start()

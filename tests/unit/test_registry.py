@@ -37,6 +37,9 @@ class StubProcess:
         return self._pid
 
     def start(self) -> None:
+        on_start = self.behaviour.get("on_start")
+        if on_start is not None:
+            on_start(self)
         if self.behaviour.get("spawn_error"):
             raise FileNotFoundError(2, "No such file or directory")
         if self.behaviour.get("bad_argv"):
@@ -422,3 +425,18 @@ def test_unusable_argv_fails_the_load_instead_of_sticking_in_loading(env) -> Non
     launcher.plan["a"] = {}
     reg.acquire("a").release()
     assert reg.state_of("a") is State.LOADED
+
+
+def test_the_command_line_is_on_disk_before_the_backend_is_started(env, tmp_path: Path) -> None:
+    """A DynLLM killed right after a spawn must still find that process when it restarts."""
+    reg, launcher, _ = env([("a", 500)])
+    seen: list[tuple[str, list[str], int | None]] = []
+
+    def look(proc: StubProcess) -> None:
+        row = Store(tmp_path / "s.db").load_all()["a"]
+        seen.append((row.state.value, row.argv, row.pid))
+
+    launcher.plan["a"] = {"on_start": look}
+    reg.acquire("a").release()
+    proc = launcher.started[0]
+    assert seen == [("loading", proc.argv, None)]
