@@ -143,3 +143,46 @@ def test_curl_stream_and_error(client) -> None:  # noqa: ANN001
     ).stdout
     payload, status = res.rsplit("\n", 1)
     assert status == "400" and json.loads(payload)["error"]["code"] == "invalid_json"
+
+
+def test_langchain_chat_model_and_embeddings(client) -> None:  # noqa: ANN001
+    """LangChain's OpenAI integration, as an application would configure it."""
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
+    d = client.dynllm
+    msgs = [{"role": "user", "content": "Hello there"}]
+    want = (
+        client.chat.completions.create(model="chat", messages=msgs, max_tokens=10, temperature=0)
+        .choices[0]
+        .message.content
+    )
+    llm = ChatOpenAI(
+        model="chat",
+        base_url=d.url + "/v1",
+        api_key="unused",
+        temperature=0,
+        max_tokens=10,
+        max_retries=0,
+        timeout=60,
+    )
+    answer = llm.invoke([HumanMessage("Hello there")])
+    assert answer.content == want
+    assert answer.response_metadata["finish_reason"] == "length"
+    streamed = "".join(str(part.content) for part in llm.stream([HumanMessage("Hello there")]))
+    assert streamed == want
+
+    # check_embedding_ctx_length=False: otherwise LangChain counts tokens with
+    # tiktoken, whose vocabulary it downloads (and this machine is offline).
+    emb = OpenAIEmbeddings(
+        model="emb",
+        base_url=d.url + "/v1",
+        api_key="unused",
+        check_embedding_ctx_length=False,
+        max_retries=0,
+    )
+    vectors = emb.embed_documents(["hello world", "good night"])
+    direct = client.embeddings.create(model="emb", input=["hello world", "good night"])
+    assert [len(v) for v in vectors] == [64, 64]
+    assert vectors == [pytest.approx(e.embedding, abs=1e-5) for e in direct.data]
+    assert emb.embed_query("hello world") == pytest.approx(vectors[0], abs=1e-5)
