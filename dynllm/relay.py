@@ -12,11 +12,14 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.hooks import default_hooks
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import ReadTimeoutError
 
@@ -78,8 +81,8 @@ class Upstream:
         self.session.headers.clear()
         # ... and a cookie one backend sets is never replayed to another client.
         self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        adapter = _Adapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
+        self.adapter = _Adapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", self.adapter)
         self.timeout = (connect_timeout, request_timeout)
 
     def send(
@@ -87,6 +90,8 @@ class Upstream:
     ) -> requests.Response:
         """Open the upstream request; raises a DynLLM error if the backend is unreachable."""
         try:
+            if isinstance(body, bytes) and _PLAIN_URL(url):
+                return self._send_bytes(method, url, body, headers)
             return self.session.request(
                 method,
                 url,
@@ -101,8 +106,34 @@ class Upstream:
         except requests.RequestException as exc:
             raise BackendUnavailable(f"backend unreachable: {exc}") from None
 
+    def _send_bytes(
+        self, method: str, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> requests.Response:
+        """The common case (an in-memory body, a URL needing no quoting) straight
+        to the session's adapter.
+
+        ``Session.request`` would merge session settings, cookies, environment
+        and hooks that DynLLM never uses (no proxies, no cookies, no redirects)
+        and requote the URL: about an eighth of the CPU a small request costs.
+        The response is the same ``requests.Response``, streamed the same way.
+        """
+        req = requests.PreparedRequest()
+        req.method = method
+        req.url = url
+        req.headers = CaseInsensitiveDict(headers)
+        if body:  # as requests does: an empty body gets whatever urllib3 gives it
+            req.headers["Content-Length"] = str(len(body))
+        req.body = body
+        req.hooks = default_hooks()
+        return self.adapter.send(req, stream=True, timeout=self.timeout)
+
     def close(self) -> None:
         self.session.close()
+
+
+#: URLs that ``requests`` would send unchanged (DynLLM builds them from the
+#: backend's address and a route; a query string or an odd path takes the long way).
+_PLAIN_URL = re.compile(r"http://[A-Za-z0-9.:\[\]]+(/[A-Za-z0-9._~/-]*)?\Z").match
 
 
 def upstream_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -51,6 +51,26 @@ def test_body_goes_upstream_byte_for_byte() -> None:
 
 
 @responses.activate
+def test_short_and_long_send_paths_send_the_same_request() -> None:
+    """Plain URLs skip Session.request; others (query, odd path) go through it."""
+    from responses import matchers
+
+    body = b'{"model": "m"}'
+    headers = {"Content-Type": "application/json", "X-Trace": "7"}
+    exact = [matchers.header_matcher({**headers, "Content-Length": str(len(body))})]
+    responses.post(URL, body=b"a", match=exact)
+    responses.post(URL + "?x=1%202", body=b"b", match=exact)
+    responses.post("http://127.0.0.1:9100/v1/m%20x", body=b"c", match=exact)
+    up = Upstream(pool_size=4, request_timeout=5)
+    got = [
+        up.send("POST", url, body, headers).content
+        for url in (URL, URL + "?x=1%202", "http://127.0.0.1:9100/v1/m x")
+    ]
+    assert got == [b"a", b"b", b"c"]
+    assert [c.request.body for c in responses.calls] == [body] * 3
+
+
+@responses.activate
 def test_status_and_content_type_come_back_unchanged() -> None:
     responses.post(URL, body=b"nope", status=418, content_type="text/x-teapot")
     up = Upstream(pool_size=4, request_timeout=5)
