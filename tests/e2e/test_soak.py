@@ -139,6 +139,7 @@ def backend_pids(needle: str, d: DynLLM) -> tuple[set[int], set[int]]:
     return (before & after) - {d.pid}, listed
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 420)
 def test_churn_with_kills_hang_stubborn_and_a_restart(
     dynllm: Callable[..., DynLLM],
     ov_spec: Callable[..., dict[str, Any]],
